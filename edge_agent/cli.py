@@ -1,0 +1,58 @@
+"""``edge-agent``: the gateway's command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from pathlib import Path
+
+from edge_agent.config import ConfigError, load_config
+
+log = logging.getLogger(__name__)
+
+
+async def _run(config_path: Path) -> int:
+    from edge_agent.agent import Agent  # noqa: PLC0415 - keep `--help` fast
+
+    config = load_config(config_path)
+    agent = Agent(config)
+    task = asyncio.create_task(agent.run(), name="agent")
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    log.info("agent stopped")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="edge-agent", description="Edge gateway agent")
+    parser.add_argument("--log-level", default="INFO")
+    sub = parser.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run the agent with a TOML config")
+    run.add_argument("--config", type=Path, required=True)
+    check = sub.add_parser("check-config", help="validate a config file and exit")
+    check.add_argument("--config", type=Path, required=True)
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        if args.command == "check-config":
+            cfg = load_config(args.config)
+            print(f"{args.config}: ok (gateway {cfg.gateway_id})")  # noqa: T201
+            sys.exit(0)
+        sys.exit(asyncio.run(_run(args.config)))
+    except ConfigError as exc:
+        print(f"edge-agent: {exc}", file=sys.stderr)  # noqa: T201
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

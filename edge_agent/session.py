@@ -1,0 +1,63 @@
+"""Session numbers and message envelopes.
+
+Every agent start is a new session (a number persisted in the state directory), and every
+message of a session gets the next sequence number, so the fleet manager can tell a restart from
+a reconnect and see gaps.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, TypeVar
+
+from contract.messages import Envelope, new_message_id
+
+M = TypeVar("M", bound=Envelope)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def next_session(state_dir: Path) -> int:
+    """Increment and persist the session counter (atomic replace, fsynced)."""
+    state_dir.mkdir(parents=True, exist_ok=True)
+    path = state_dir / "session"
+    try:
+        current = int(path.read_text().strip() or "0")
+    except (FileNotFoundError, ValueError):
+        current = 0
+    session = current + 1
+    tmp = path.with_suffix(".tmp")
+    with tmp.open("w") as f:
+        f.write(f"{session}\n")
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+    return session
+
+
+class MessageFactory:
+    """Builds envelopes: fresh id, this gateway, this session, the next sequence number."""
+
+    def __init__(
+        self, gateway_id: str, session: int, clock: Callable[[], datetime] = utc_now
+    ) -> None:
+        self.gateway_id = gateway_id
+        self.session = session
+        self._clock = clock
+        self._seq = 0
+
+    def make(self, model: type[M], **fields: Any) -> M:
+        self._seq += 1
+        return model(
+            id=new_message_id(),
+            gw=self.gateway_id,
+            session=self.session,
+            seq=self._seq,
+            ts=self._clock(),
+            **fields,
+        )
