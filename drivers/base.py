@@ -1,0 +1,95 @@
+"""What every driver offers the agent: an event stream, device status and counters.
+
+A driver is a thin async adapter over one real transport. Its device loop lives in
+:meth:`Driver.events`, an async generator that yields typed events and runs until it is
+cancelled. Codecs live next to the adapters, are pure (no IO, no asyncio, no clock) and are tested
+byte by byte.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from drivers.events import DriverEvent
+
+
+def utc_now() -> datetime:
+    """The default clock of the adapters (tests inject their own)."""
+    return datetime.now(UTC)
+
+
+class DriverError(Exception):
+    """Base of the drivers' own exceptions."""
+
+
+class DriverConfigError(DriverError, ValueError):
+    """A driver was built with a configuration it cannot use (fatal: do not retry)."""
+
+
+class DriverCounters:
+    """A small mutable map of named counters (frames ok, timeouts, reconnects, ...)."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self, names: Iterable[str] = ()) -> None:
+        self._counts: dict[str, int] = dict.fromkeys(names, 0)
+
+    def inc(self, name: str, n: int = 1) -> None:
+        self._counts[name] = self._counts.get(name, 0) + n
+
+    def __getitem__(self, name: str) -> int:
+        return self._counts.get(name, 0)
+
+    def snapshot(self) -> dict[str, int]:
+        return dict(self._counts)
+
+    def __repr__(self) -> str:
+        return f"DriverCounters({self._counts!r})"
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceState:
+    """Health of one device as its driver sees it."""
+
+    online: bool
+    last_seen: datetime | None = None
+    fault: str | None = None
+
+
+class Driver(Protocol):
+    """The interface the agent's supervisor runs (one implementation per device kind)."""
+
+    name: str
+    counters: DriverCounters
+
+    def events(self) -> AsyncIterator[DriverEvent]:
+        """Run the device loop and yield typed events; stops only by cancellation."""
+        ...
+
+    def device_status(self) -> dict[str, DeviceState]:
+        """Status of every device this driver reads, by device id."""
+        ...
+
+
+class Backoff:
+    """Jittered exponential backoff delays (``next()``), reset after a success."""
+
+    def __init__(
+        self, initial_s: float = 0.2, max_s: float = 10.0, *, rng: random.Random | None = None
+    ) -> None:
+        self._initial = initial_s
+        self._max = max_s
+        self._current = initial_s
+        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+
+    def next(self) -> float:
+        delay = self._current * (0.5 + self._rng.random() / 2)
+        self._current = min(self._max, self._current * 2)
+        return delay
+
+    def reset(self) -> None:
+        self._current = self._initial

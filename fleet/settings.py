@@ -1,0 +1,172 @@
+"""Fleet manager configuration, read from ``FLEET_*`` environment variables.
+
+Parsed once at the edge of the program (the CLI or the demo builds a :class:`Settings` and hands
+it to :func:`fleet.app.create_app`); nothing below reads the environment again. Outside demo
+mode the manager refuses to start with a missing or well-known secret, because the secret signs
+login tokens and webhook payloads: a default one would let anyone forge both.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Self
+from urllib.parse import unquote, urlsplit
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+ENV_PREFIX = "FLEET_"
+
+# Secrets that appear in examples and templates; accepting them outside demo mode would make a
+# forgotten configuration step look like a working installation.
+_WELL_KNOWN_SECRETS = frozenset(
+    {"", "changeme", "change-me", "changethis", "secret", "secret-key", "demo", "admin"}
+)
+MIN_SECRET_LENGTH = 16
+DEMO_SECRET_KEY = "demo-only-insecure-secret-key"  # noqa: S105 - used only with FLEET_DEMO=1
+DEMO_ADMIN_PASSWORD = "admin"  # noqa: S105 - used only with FLEET_DEMO=1
+
+
+class Settings(BaseSettings):
+    """Everything the fleet manager needs to know about its surroundings."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
+
+    database_url: str = "sqlite:///./fleet.db"
+    mqtt_url: str = "mqtt://127.0.0.1:1883"
+    mqtt_client_id: str | None = Field(
+        default=None,
+        description=(
+            "Fixed MQTT client id. When set, ingest uses a persistent session (clean_session "
+            "off) so QoS 1 messages sent while the manager is down are delivered on reconnect. "
+            "Each ingest process needs its own id."
+        ),
+    )
+    mqtt_shared_group: str | None = Field(
+        default=None,
+        description="Subscribe through $share/<group>/ so several ingest workers split the load.",
+    )
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(default=8000, ge=0, le=65535)
+    secret_key: SecretStr | None = None
+    webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Key for the X-Signature HMAC of webhook bodies; defaults to secret_key.",
+    )
+    token_ttl_minutes: int = Field(default=60, ge=1)
+    demo: bool = False
+    admin_username: str = Field(default="admin", min_length=1)
+    admin_password: SecretStr | None = None
+    webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    gateway_offline_after_s: float = Field(default=90.0, gt=0)
+    public_url: str | None = None
+    display_timezone: str = "Asia/Shanghai"
+    forward_poll_s: float = Field(default=5.0, gt=0)
+    forward_backoff_initial_s: float = Field(default=2.0, gt=0)
+    forward_backoff_max_s: float = Field(default=300.0, gt=0)
+    forward_max_attempts: int = Field(
+        default=100,
+        ge=1,
+        description="Attempts before a delivery is marked failed (about 8 h at the 5 min cap).",
+    )
+    forward_timeout_s: float = Field(default=10.0, gt=0)
+
+    @field_validator("webhook_urls", mode="before")
+    @classmethod
+    def _split_urls(cls, value: Any) -> Any:
+        """Accept ``FLEET_WEBHOOK_URLS=https://a,https://b`` as well as a list."""
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _http_urls(cls, value: list[str]) -> list[str]:
+        for url in value:
+            if urlsplit(url).scheme not in ("http", "https"):
+                raise ValueError(f"FLEET_WEBHOOK_URLS: not an http(s) URL: {url!r}")
+        return value
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _mqtt_scheme(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError(f"FLEET_MQTT_URL must look like mqtt://host:port, got {value!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _no_default_secrets(self) -> Self:
+        if self.demo:
+            return self
+        secret = self.secret_key.get_secret_value() if self.secret_key else ""
+        if secret.lower() in _WELL_KNOWN_SECRETS or len(secret) < MIN_SECRET_LENGTH:
+            raise ValueError(
+                f"{ENV_PREFIX}SECRET_KEY must be set to a random string of at least "
+                f"{MIN_SECRET_LENGTH} characters outside demo mode "
+                f'(e.g. python -c "import secrets; print(secrets.token_urlsafe(32))")'
+            )
+        if self.admin_password is not None and (
+            self.admin_password.get_secret_value() == DEMO_ADMIN_PASSWORD
+        ):
+            raise ValueError(
+                f"{ENV_PREFIX}ADMIN_PASSWORD must not be {DEMO_ADMIN_PASSWORD!r} outside demo mode"
+            )
+        return self
+
+    # Derived values: computed here so every consumer agrees on them.
+
+    @property
+    def signing_key(self) -> bytes:
+        """Key for login tokens (JWT HS256)."""
+        if self.secret_key is not None and self.secret_key.get_secret_value():
+            return self.secret_key.get_secret_value().encode()
+        return DEMO_SECRET_KEY.encode()
+
+    @property
+    def webhook_key(self) -> bytes:
+        """Key for the webhook body HMAC."""
+        if self.webhook_secret is not None and self.webhook_secret.get_secret_value():
+            return self.webhook_secret.get_secret_value().encode()
+        return self.signing_key
+
+    @property
+    def effective_admin_password(self) -> str | None:
+        """The admin password to create the admin with, or None to create no admin."""
+        if self.admin_password is not None:
+            return self.admin_password.get_secret_value()
+        return DEMO_ADMIN_PASSWORD if self.demo else None
+
+    @property
+    def base_url(self) -> str:
+        """Where people reach the web pages (links in forwarded alerts point here)."""
+        if self.public_url:
+            return self.public_url.rstrip("/")
+        return f"http://{self.http_host}:{self.http_port}"
+
+    @property
+    def mqtt_tls(self) -> bool:
+        return urlsplit(self.mqtt_url).scheme == "mqtts"
+
+    @property
+    def mqtt_host(self) -> str:
+        return urlsplit(self.mqtt_url).hostname or "127.0.0.1"
+
+    @property
+    def mqtt_port(self) -> int:
+        return urlsplit(self.mqtt_url).port or (8883 if self.mqtt_tls else 1883)
+
+    @property
+    def mqtt_username(self) -> str | None:
+        user = urlsplit(self.mqtt_url).username
+        return unquote(user) if user else None
+
+    @property
+    def mqtt_password(self) -> str | None:
+        password = urlsplit(self.mqtt_url).password
+        return unquote(password) if password is not None else None
+
+    @property
+    def mqtt_display(self) -> str:
+        """The broker address for logs, without credentials."""
+        scheme = "mqtts" if self.mqtt_tls else "mqtt"
+        return f"{scheme}://{self.mqtt_host}:{self.mqtt_port}"
