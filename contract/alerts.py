@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import StrEnum
 
 
@@ -68,8 +68,11 @@ class Subject:
 
 
 def episode_id(kind: AlertKind, subject: Subject, raised_at: datetime, scope: str = "") -> str:
-    """Deterministic id of an alert episode (minted at the edge)."""
-    name = f"{scope}|{kind.value}|{subject.key()}|{raised_at.isoformat()}"
+    """Deterministic id of an alert episode (minted at the edge).
+
+    The raise time is normalised to UTC so the id does not depend on the input's UTC offset.
+    """
+    name = f"{scope}|{kind.value}|{subject.key()}|{raised_at.astimezone(UTC).isoformat()}"
     return str(uuid.uuid5(_EPISODE_NS, name))
 
 

@@ -8,6 +8,7 @@ the contract. Field names follow ``spec/replay.md``.
 from __future__ import annotations
 
 from enum import StrEnum
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -76,6 +77,10 @@ class Site(_Strict):
 
     @model_validator(mode="after")
     def _references(self) -> Site:
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"unknown timezone {self.timezone!r} (use an IANA name)") from None
         units = {u.unit_id for u in self.units}
         for kind, items in (("cards", self.cards), ("meters", self.meters)):
             for i, item in enumerate(items):
@@ -111,6 +116,9 @@ class EbikeChargingConfig(_Strict):
     )
     stale_after_s: float = Field(
         default=900.0, gt=0, description="no report for this long ends the episode"
+    )
+    peak_update_ratio: float = Field(
+        default=1.10, ge=1.0, description="re-publish an open episode when its peak power rises by this factor"
     )
     night_start_hour: int = Field(default=22, ge=0, le=23)
     night_end_hour: int = Field(default=6, ge=0, le=23)

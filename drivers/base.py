@@ -8,6 +8,7 @@ byte by byte.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
@@ -84,7 +85,7 @@ class Backoff:
         self._initial = initial_s
         self._max = max_s
         self._current = initial_s
-        self._rng = rng or random.Random()  # noqa: S311 - jitter, not security
+        self._rng = rng or random.Random()
 
     def next(self) -> float:
         delay = self._current * (0.5 + self._rng.random() / 2)
@@ -93,3 +94,14 @@ class Backoff:
 
     def reset(self) -> None:
         self._current = self._initial
+
+
+async def cancel_and_wait(task: asyncio.Task[None]) -> None:
+    """Cancel ``task`` and wait for it to finish, without swallowing our own cancellation."""
+    task.cancel()
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise

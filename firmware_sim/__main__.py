@@ -1,3 +1,3 @@
 from firmware_sim.cli import main
 
-main()
+raise SystemExit(main())

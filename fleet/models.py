@@ -25,7 +25,18 @@ JSONType = sa.JSON().with_variant(postgresql.JSONB(), "postgresql")
 ID_LEN = 64  # the contract's limit for ids minted at the edge
 
 
+# Deterministic constraint names: later migrations (and SQLite batch mode) must name them.
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
 class Base(DeclarativeBase):
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
     type_annotation_map = {datetime: UTCDateTime(), dict[str, Any]: JSONType}  # noqa: RUF012
 
 
@@ -70,7 +81,7 @@ class Gateway(Base):
 class MeterReading(Base):
     __tablename__ = "meter_readings"
     __table_args__ = (
-        sa.UniqueConstraint("gateway_id", "meter_id", "ts", name="uq_meter_readings_sample"),
+        sa.UniqueConstraint("gateway_id", "meter_id", "ts"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
@@ -130,7 +141,6 @@ class Alert(Base):
     """
 
     __tablename__ = "alerts"
-    __table_args__ = (sa.Index("ix_alerts_raised_at", "raised_at"),)
 
     alert_id: Mapped[str] = mapped_column(sa.String(ID_LEN), primary_key=True)
     kind: Mapped[str] = mapped_column(sa.String(32), index=True)
@@ -145,7 +155,7 @@ class Alert(Base):
     gateway_id: Mapped[str] = mapped_column(
         sa.String(ID_LEN), sa.ForeignKey("gateways.gateway_id", ondelete="CASCADE"), index=True
     )
-    raised_at: Mapped[datetime]
+    raised_at: Mapped[datetime] = mapped_column(index=True)
     cleared_at: Mapped[datetime | None]
     evidence: Mapped[dict[str, Any]]
     first_received_at: Mapped[datetime]
@@ -159,8 +169,8 @@ class ForwardDelivery(Base):
 
     __tablename__ = "forward_deliveries"
     __table_args__ = (
-        sa.UniqueConstraint("alert_id", "url", name="uq_forward_deliveries_alert_url"),
-        sa.Index("ix_forward_deliveries_due", "status", "next_attempt_at"),
+        sa.UniqueConstraint("alert_id", "url"),
+        sa.Index(None, "status", "next_attempt_at"),
     )
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)

@@ -26,12 +26,17 @@ DEMO_SECRET_KEY = "demo-only-insecure-secret-key"  # noqa: S105 - used only with
 DEMO_ADMIN_PASSWORD = "admin"  # noqa: S105 - used only with FLEET_DEMO=1
 
 
-class Settings(BaseSettings):
-    """Everything the fleet manager needs to know about its surroundings."""
+class DatabaseSettings(BaseSettings):
+    """Just the database, for commands that need nothing else (``fleet-manager migrate``)."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore", frozen=True)
 
     database_url: str = "sqlite:///./fleet.db"
+
+
+class Settings(DatabaseSettings):
+    """Everything the fleet manager needs to know about its surroundings."""
+
     mqtt_url: str = "mqtt://127.0.0.1:1883"
     mqtt_client_id: str | None = Field(
         default=None,

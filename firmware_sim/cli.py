@@ -1,0 +1,119 @@
+"""``firmware-sim``: run device simulators from the command line.
+
+``firmware-sim building --flats 4 --seed 7 --charging-after 5 --endpoints-file building.json``
+runs a simulated building until SIGINT or SIGTERM. Once every device is up it writes the
+endpoints JSON (written to a temporary file and renamed, so a reader never sees half a file),
+prints one readiness line, and removes the file again when it stops.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from firmware_sim.building import SimulatedBuilding
+
+log = logging.getLogger("firmware_sim")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` so that readers see either nothing or the whole file."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="firmware-sim", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    sub = parser.add_subparsers(dest="command", required=True)
+    b = sub.add_parser("building", help="run a simulated building until SIGINT/SIGTERM")
+    b.add_argument("--flats", type=int, default=4, help="number of flats (2 per floor)")
+    b.add_argument("--seed", type=int, default=0, help="seed of everything about the building")
+    b.add_argument(
+        "--charging-after",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="when the e-bike in flat 1-201 starts charging",
+    )
+    b.add_argument("--charging-unit", default=None, help="flat that charges (default 1-201)")
+    b.add_argument("--host", default="127.0.0.1", help="address the servers listen on")
+    b.add_argument("--advert-interval", type=float, default=1.0, metavar="SECONDS")
+    b.add_argument("--no-swipes", action="store_true", help="no random card swipes")
+    b.add_argument(
+        "--endpoints-file",
+        type=Path,
+        default=None,
+        metavar="PATH",
+        help="where to write the endpoints JSON once ready (default: print it)",
+    )
+    return parser
+
+
+async def _run_building(args: argparse.Namespace) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    path: Path | None = args.endpoints_file
+    try:
+        async with SimulatedBuilding(
+            flats=args.flats,
+            seed=args.seed,
+            charging_after_s=args.charging_after,
+            charging_unit=args.charging_unit,
+            host=args.host,
+            advert_interval_s=args.advert_interval,
+            swipe_every_s=None if args.no_swipes else (2.0, 6.0),
+        ) as building:
+            endpoints: dict[str, Any] = building.endpoints()
+            text = json.dumps(endpoints, indent=2, ensure_ascii=False) + "\n"
+            if path is None:
+                sys.stdout.write(text)
+                print("firmware-sim: building ready", flush=True)
+            else:
+                write_atomic(path, text)
+                print(f"firmware-sim: building ready, endpoints in {path}", flush=True)
+            await stop.wait()
+            log.info("stopping")
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    if args.command != "building":
+        return 2
+    path: Path | None = args.endpoints_file
+    if path is not None:
+        path.unlink(missing_ok=True)  # never let a reader see a previous run's endpoints
+    try:
+        return asyncio.run(_run_building(args))
+    except ValueError as exc:
+        log.error("%s", exc)  # noqa: TRY400 - a bad argument, no traceback wanted
+        return 2
+    finally:
+        if path is not None:
+            path.unlink(missing_ok=True)

@@ -1,0 +1,187 @@
+"""The app factory and an embeddable server.
+
+``create_app(settings)`` returns a FastAPI app whose lifespan owns everything with a life of its
+own: it migrates the database, builds the engine, makes sure the admin exists, and runs the MQTT
+ingest and the webhook forwarder under one task group until shutdown cancels them. Nothing is
+built at import time, so tests and the demo can run several apps side by side.
+
+``serve(settings)`` runs that app on uvicorn inside the caller's event loop and stops cleanly
+when cancelled; signals are the caller's business (the CLI maps SIGINT/SIGTERM to cancellation).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+
+import httpx
+import uvicorn
+from fastapi import FastAPI
+
+from fleet.api import api_router
+from fleet.auth import ensure_admin
+from fleet.backoff import Backoff
+from fleet.db import make_engine, make_sessionmaker, migrate
+from fleet.forwarder import Forwarder
+from fleet.ingest import Ingest, IngestStats
+from fleet.runtime import Runtime
+from fleet.settings import Settings
+from fleet.web import make_router
+
+log = logging.getLogger(__name__)
+
+WORKER_RESTART_INITIAL_S = 1.0
+WORKER_RESTART_MAX_S = 60.0
+
+
+class StartupError(RuntimeError):
+    """The fleet manager could not start (database, port, ...); the cause is chained."""
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("qunzu-guard")
+    except importlib.metadata.PackageNotFoundError:
+        return "dev"
+
+
+async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
+    """Keep a worker alive: workers handle their expected failures themselves, so reaching
+    here is a bug, but one bug must not leave the fleet deaf until someone restarts it."""
+    backoff = Backoff(WORKER_RESTART_INITIAL_S, WORKER_RESTART_MAX_S)
+    while True:
+        try:
+            await run()
+            log.error("%s returned unexpectedly", name)
+        except Exception:
+            log.exception("%s crashed", name)
+        delay = backoff.next_delay()
+        log.error("restarting %s in %.1f s", name, delay)
+        await asyncio.sleep(delay)
+
+
+async def _run_workers(ingest: Ingest, forwarder: Forwarder) -> None:
+    async with asyncio.TaskGroup() as tg:
+        tg.create_task(_supervise("ingest", ingest.run), name="fleet-ingest")
+        tg.create_task(_supervise("forwarder", forwarder.run), name="fleet-forwarder")
+
+
+@contextlib.asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[Runtime]:
+    """Migrate, connect, and run the workers for the duration of the ``async with``."""
+    await asyncio.to_thread(migrate, settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        sessions = make_sessionmaker(engine)
+        await asyncio.to_thread(ensure_admin, sessions, settings)
+        stats = IngestStats()
+        wake = asyncio.Event()
+        async with httpx.AsyncClient(
+            headers={"User-Agent": f"qunzu-guard-fleet/{_version()}"},
+            follow_redirects=False,
+        ) as http:
+            ingest = Ingest(settings, sessions, stats=stats, on_deliveries_enqueued=wake.set)
+            forwarder = Forwarder(settings, sessions, http, wake)
+            workers = asyncio.create_task(_run_workers(ingest, forwarder), name="fleet-workers")
+            log.info(
+                "fleet manager started: database %s, broker %s",
+                engine.url.render_as_string(hide_password=True),
+                settings.mqtt_display,
+            )
+            try:
+                yield Runtime(settings, engine, sessions, stats, wake, workers)
+            finally:
+                workers.cancel()
+                await asyncio.wait([workers])
+    finally:
+        engine.dispose()
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """The fleet manager as an ASGI app; see the module docstring for its lifespan."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                runtime = await stack.enter_async_context(running(settings))
+            except Exception as exc:
+                app.state.startup_error = exc  # for serve() to report the cause
+                raise
+            app.state.runtime = runtime
+            try:
+                yield
+            finally:
+                del app.state.runtime
+
+    app = FastAPI(
+        title="Fleet manager",
+        description="Gateways, alerts and forwarding for group-rental and e-bike fire hazards.",
+        version=_version(),
+        lifespan=lifespan,
+    )
+    app.include_router(api_router())
+    app.include_router(make_router(settings))
+    return app
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn that leaves signals to its caller and reports startup through an event."""
+
+    def __init__(self, config: uvicorn.Config, started: asyncio.Event | None) -> None:
+        super().__init__(config)
+        self._started_event = started
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        try:
+            await super().startup(sockets)
+        except SystemExit as exc:
+            # uvicorn exits the process on a failed startup; here that would take the caller's
+            # event loop (the demo's broker, its children) down with it.
+            raise StartupError("fleet manager failed to start") from exc
+        if self.started and self._started_event is not None:
+            self._started_event.set()
+
+
+async def serve(settings: Settings, *, started: asyncio.Event | None = None) -> None:
+    """Serve the fleet manager on ``settings.http_host:http_port`` until cancelled.
+
+    ``started`` is set once the lifespan has run (database migrated, workers running) and the
+    socket accepts connections. Raises :class:`StartupError` when it cannot start.
+    """
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=settings.http_host,
+        port=settings.http_port,
+        lifespan="on",
+        log_config=None,
+        access_log=False,
+        timeout_graceful_shutdown=5,
+    )
+    server = _EmbeddedServer(config, started)
+    # Its own task so that cancelling us can turn into uvicorn's graceful shutdown (close the
+    # socket, run the lifespan's exit) instead of abandoning the server mid-loop.
+    task = asyncio.create_task(server.serve(), name="fleet-http")
+    try:
+        await asyncio.shield(task)
+    except asyncio.CancelledError:
+        server.should_exit = True
+        with contextlib.suppress(StartupError):
+            await task
+        raise
+    except StartupError as exc:
+        cause = getattr(app.state, "startup_error", None)
+        if cause is not None:
+            raise StartupError(f"fleet manager failed to start: {cause}") from cause
+        raise
+    if not server.started:
+        raise StartupError("fleet manager stopped before it started")

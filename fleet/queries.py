@@ -1,0 +1,67 @@
+"""Read-side queries shared by the JSON API and the web pages."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+
+import sqlalchemy as sa
+from sqlalchemy.orm import Session
+
+from fleet.models import Alert, ForwardDelivery, Gateway
+
+
+def gateway_online(gateway: Gateway, *, now: datetime, offline_after_s: float) -> bool:
+    """Online = no death since its last birth, and heard from recently.
+
+    The last will covers crashes and lost connections that the broker notices; the silence
+    limit covers what it cannot notice (a half-open connection, a broker restart that lost
+    the will, an agent that is connected but stuck).
+    """
+    if not gateway.online or gateway.last_seen is None:
+        return False
+    return now - gateway.last_seen <= timedelta(seconds=offline_after_s)
+
+
+def list_gateways(session: Session) -> Sequence[Gateway]:
+    return session.scalars(sa.select(Gateway).order_by(Gateway.gateway_id)).all()
+
+
+def list_alerts(
+    session: Session,
+    *,
+    kind: str | None = None,
+    state: str | None = None,
+    gateway_id: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[Sequence[Alert], int]:
+    """Alerts newest first (by when they were raised), and how many match in total."""
+    conditions = []
+    if kind is not None:
+        conditions.append(Alert.kind == kind)
+    if state is not None:
+        conditions.append(Alert.state == state)
+    if gateway_id is not None:
+        conditions.append(Alert.gateway_id == gateway_id)
+    total = session.scalar(sa.select(sa.func.count()).select_from(Alert).where(*conditions)) or 0
+    rows = session.scalars(
+        sa.select(Alert)
+        .where(*conditions)
+        .order_by(Alert.raised_at.desc(), Alert.alert_id)
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    return rows, total
+
+
+def get_alert(session: Session, alert_id: str) -> Alert | None:
+    return session.get(Alert, alert_id)
+
+
+def alert_deliveries(session: Session, alert_id: str) -> Sequence[ForwardDelivery]:
+    return session.scalars(
+        sa.select(ForwardDelivery)
+        .where(ForwardDelivery.alert_id == alert_id)
+        .order_by(ForwardDelivery.id)
+    ).all()
