@@ -39,7 +39,7 @@ def new_message_id() -> str:
 class Envelope(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    v: Literal[1] = SCHEMA_VERSION
+    v: Literal[1] = 1  # contract.SCHEMA_VERSION
     id: str = Field(min_length=1, max_length=64)
     gw: str = Field(min_length=1, max_length=64)
     session: int = Field(ge=0)
@@ -177,9 +177,7 @@ def decode_uplink(topic: str, payload: bytes) -> Envelope:
         raise ContractError("bad_topic", f"not an uplink topic: {topic[:200]!r}")
     gateway_id, kind = parsed
     if len(payload) > MAX_PAYLOAD_BYTES:
-        raise ContractError(
-            "too_large", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}", gateway_id
-        )
+        raise ContractError("too_large", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}", gateway_id)
     try:
         raw: Any = json.loads(payload)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -201,4 +199,3 @@ def decode_uplink(topic: str, payload: bytes) -> Envelope:
             "topic_mismatch", f"payload gw {message.gw!r} on topic of {gateway_id!r}", gateway_id
         )
     return message
-

@@ -82,10 +82,14 @@ class Site(_Strict):
         except (ZoneInfoNotFoundError, ValueError):
             raise ValueError(f"unknown timezone {self.timezone!r} (use an IANA name)") from None
         units = {u.unit_id for u in self.units}
-        for kind, items in (("cards", self.cards), ("meters", self.meters)):
-            for i, item in enumerate(items):
-                if item.unit_id not in units:
-                    raise ValueError(f"{kind}[{i}]: unknown unit_id {item.unit_id!r}")
+        refs: list[tuple[str, list[str]]] = [
+            ("cards", [c.unit_id for c in self.cards]),
+            ("meters", [m.unit_id for m in self.meters]),
+        ]
+        for kind, unit_ids in refs:
+            for i, unit_id in enumerate(unit_ids):
+                if unit_id not in units:
+                    raise ValueError(f"{kind}[{i}]: unknown unit_id {unit_id!r}")
         for i, s in enumerate(self.sensors):
             if s.unit_id is not None and s.unit_id not in units:
                 raise ValueError(f"sensors[{i}]: unknown unit_id {s.unit_id!r}")
@@ -118,7 +122,9 @@ class EbikeChargingConfig(_Strict):
         default=900.0, gt=0, description="no report for this long ends the episode"
     )
     peak_update_ratio: float = Field(
-        default=1.10, ge=1.0, description="re-publish an open episode when its peak power rises by this factor"
+        default=1.10,
+        ge=1.0,
+        description="re-publish an open episode when its peak power rises by this factor",
     )
     night_start_hour: int = Field(default=22, ge=0, le=23)
     night_end_hour: int = Field(default=6, ge=0, le=23)

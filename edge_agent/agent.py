@@ -32,7 +32,6 @@ from contract.messages import (
     Birth,
     CardSwipeEvent,
     ChargingEvent,
-    DeviceInfo,
     DeviceStatus,
     Envelope,
     Heartbeat,
@@ -93,9 +92,7 @@ class Agent:
             config=config.mqtt, outbox=self.outbox, factory=self.factory, birth=self._birth
         )
         site = config.site
-        self._card_unit = {
-            self.pseudonymiser.card(c.card): c.unit_id for c in site.cards
-        }
+        self._card_unit = {self.pseudonymiser.card(c.card): c.unit_id for c in site.cards}
         self._meter_unit = {m.meter_id: m.unit_id for m in site.meters}
         self._sensor_place = {s.sensor_id: s for s in site.sensors}
         self._charging_state: dict[str, bool] = {}
@@ -194,11 +191,10 @@ class Agent:
                     event_ts=event.ts,
                 )
                 self._enqueue(topics.Up.CHARGING, msg, PRIORITY_EVENT)
+        elif event.active:
+            log.warning("device %s fault: %s %s", event.device_id, event.fault, event.detail)
         else:
-            if event.active:
-                log.warning("device %s fault: %s %s", event.device_id, event.fault, event.detail)
-            else:
-                log.info("device %s recovered from %s", event.device_id, event.fault)
+            log.info("device %s recovered from %s", event.device_id, event.fault)
 
     def flush_telemetry(self) -> None:
         if not self._telemetry:
@@ -288,4 +284,3 @@ def _counter_snapshot(counters: object) -> dict[str, int]:
         if isinstance(result, dict):
             return {str(k): int(v) for k, v in result.items()}
     return {}
-

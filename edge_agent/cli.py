@@ -46,11 +46,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if args.command == "check-config":
             cfg = load_config(args.config)
-            print(f"{args.config}: ok (gateway {cfg.gateway_id})")  # noqa: T201
+            print(f"{args.config}: ok (gateway {cfg.gateway_id})")
             sys.exit(0)
         sys.exit(asyncio.run(_run(args.config)))
     except ConfigError as exc:
-        print(f"edge-agent: {exc}", file=sys.stderr)  # noqa: T201
+        print(f"edge-agent: {exc}", file=sys.stderr)
         sys.exit(2)
 
 

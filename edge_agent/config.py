@@ -89,7 +89,7 @@ class BleConfig(_Model):
 
 
 class AgentConfig(_Model):
-    version: Literal[1] = CONFIG_VERSION
+    version: Literal[1] = 1  # CONFIG_VERSION
     gateway_id: str
     state_dir: Path = Path("/var/lib/edge-agent")
     site_key: SecretStr = Field(

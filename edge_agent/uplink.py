@@ -75,7 +75,9 @@ class Uplink:
                     self.connected = True
                     self.counters["connects"] += 1
                     log.info("connected to %s:%d", self._config.host, self._config.port)
-                    await client.publish(topics.up(gw, topics.Up.BIRTH), encode(self._birth()), qos=1)
+                    await client.publish(
+                        topics.up(gw, topics.Up.BIRTH), encode(self._birth()), qos=1
+                    )
                     backoff = BACKOFF_MIN_S
                     try:
                         await self._drain(client)

@@ -178,7 +178,7 @@ async def serve(settings: Settings, *, started: asyncio.Event | None = None) -> 
         with contextlib.suppress(StartupError):
             await task
         raise
-    except StartupError as exc:
+    except StartupError:
         cause = getattr(app.state, "startup_error", None)
         if cause is not None:
             raise StartupError(f"fleet manager failed to start: {cause}") from cause

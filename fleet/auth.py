@@ -117,9 +117,9 @@ def ensure_admin(sessions: sessionmaker[Session], settings: Settings) -> None:
         return
     with sessions() as session:
         exists = session.scalar(
-            sa.select(sa.func.count()).select_from(User).where(
-                User.username == settings.admin_username
-            )
+            sa.select(sa.func.count())
+            .select_from(User)
+            .where(User.username == settings.admin_username)
         )
         if exists:
             log.info("admin user %r exists; its password is left as it is", settings.admin_username)

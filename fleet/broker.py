@@ -47,7 +47,7 @@ async def _serve(host: str, port: int) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with embedded_broker(host, port):
-        print(f"broker ready on {host}:{port}", flush=True)  # noqa: T201 - readiness line for parents
+        print(f"broker ready on {host}:{port}", flush=True)  # readiness line for parents
         await stop.wait()
 
 

@@ -49,7 +49,7 @@ def _settings(overrides: dict[str, Any]) -> Settings:
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        print(f"fleet-manager: configuration error: {_config_error(exc)}", file=sys.stderr)  # noqa: T201
+        print(f"fleet-manager: configuration error: {_config_error(exc)}", file=sys.stderr)
         sys.exit(EXIT_CONFIG)
 
 

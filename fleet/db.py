@@ -109,7 +109,9 @@ def migrate(database_url: str) -> None:
             if conn.dialect.name == "postgresql":
                 # Transaction-scoped: released at commit, so two API processes starting at
                 # once migrate one after the other instead of racing on CREATE TABLE.
-                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID})
+                conn.execute(
+                    sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID}
+                )
             command.upgrade(alembic_config(conn), "head")
     finally:
         engine.dispose()

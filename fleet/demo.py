@@ -151,7 +151,7 @@ async def _watch_alerts(base_url: str, username: str, password: str) -> None:
                     continue
                 seen.add(alert["alert_id"])
                 where = alert.get("unit_id") or alert.get("building") or "-"
-                print(  # noqa: T201 - the demo's console output
+                print(
                     f"[告警 alert] {alert.get('title_zh', alert['kind'])} | {where} | "
                     f"{alert['severity']} | {alert['raised_at']} | {alert['alert_id']}",
                     flush=True,
@@ -167,9 +167,9 @@ async def run_demo(args: argparse.Namespace) -> int:
     mqtt_port = args.mqtt_port
     if not port_is_free("127.0.0.1", mqtt_port):
         mqtt_port = free_port()
-        print(f"port {args.mqtt_port} is taken; embedded broker uses {mqtt_port}")  # noqa: T201
+        print(f"port {args.mqtt_port} is taken; embedded broker uses {mqtt_port}")
     if not port_is_free(args.host, args.port):
-        print(  # noqa: T201
+        print(
             f"fleet-manager demo: port {args.port} on {args.host} is taken; "
             "stop what uses it or pass --port",
             file=sys.stderr,
@@ -228,7 +228,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             )  # fmt: skip
             children.append(("edge-agent", agent))
             password = args.admin_password or "admin"
-            print(  # noqa: T201
+            print(
                 "\n".join(
                     [
                         "",
@@ -257,7 +257,7 @@ async def run_demo(args: argparse.Namespace) -> int:
                 w.cancel()
             for name, p in children:
                 if p.returncode is not None and not stop.is_set():
-                    print(  # noqa: T201
+                    print(
                         f"{name} exited with code {p.returncode}; see its log in {data_dir}",
                         file=sys.stderr,
                     )
@@ -266,7 +266,7 @@ async def run_demo(args: argparse.Namespace) -> int:
             for name, p in reversed(children):
                 await _stop(p, name)
             fleet_task.cancel()
-    print("demo stopped")  # noqa: T201
+    print("demo stopped")
     return 0
 
 

@@ -155,7 +155,13 @@ class Forwarder:
                 delivery.next_attempt_at = now + self._lease
                 payload = webhook_payload(alert, base_url=self._settings.base_url)
                 jobs.append(
-                    Job(delivery.id, alert.alert_id, delivery.url, delivery.attempts, encode_body(payload))
+                    Job(
+                        delivery.id,
+                        alert.alert_id,
+                        delivery.url,
+                        delivery.attempts,
+                        encode_body(payload),
+                    )
                 )
             return jobs
 
@@ -184,7 +190,10 @@ class Forwarder:
         async with limit:
             try:
                 response = await self._http.post(
-                    job.url, content=job.body, headers=headers, timeout=self._settings.forward_timeout_s
+                    job.url,
+                    content=job.body,
+                    headers=headers,
+                    timeout=self._settings.forward_timeout_s,
                 )
                 error = None if response.is_success else f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:

@@ -15,13 +15,14 @@ import logging
 import ssl
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import aiomqtt
 import sqlalchemy as sa
+from paho.mqtt.reasoncodes import ReasonCode
 from sqlalchemy.orm import Session, sessionmaker
 
 from contract.messages import ContractError, Envelope, decode_uplink
@@ -94,6 +95,15 @@ def _as_bytes(payload: Any) -> bytes:
     return str(payload).encode()
 
 
+def _check_granted(topic_filter: str, granted: Sequence[int | ReasonCode]) -> None:
+    """Raise when the broker refused the subscription (an ACL, a shared subscription it does
+    not support): connected but deaf is the failure nobody notices."""
+    for code in granted:
+        refused = code.is_failure if isinstance(code, ReasonCode) else code >= _SUBACK_FAILURE
+        if refused:
+            raise aiomqtt.MqttError(f"broker refused subscription to {topic_filter}")
+
+
 def _is_transient(exc: sa.exc.SQLAlchemyError) -> bool:
     return isinstance(exc, sa.exc.OperationalError) or (
         isinstance(exc, sa.exc.DBAPIError) and exc.connection_invalidated
@@ -139,12 +149,12 @@ class Ingest:
         while True:
             try:
                 async with self._client() as client:
-                    granted = await client.subscribe(topic_filter, qos=1)
-                    if any(int(code) >= _SUBACK_FAILURE for code in granted):
-                        raise aiomqtt.MqttError(f"broker refused subscription to {topic_filter}")
+                    _check_granted(topic_filter, await client.subscribe(topic_filter, qos=1))
                     self.stats.connected = True
                     backoff.reset()
-                    log.info("ingest subscribed to %s on %s", topic_filter, self._settings.mqtt_display)
+                    log.info(
+                        "ingest subscribed to %s on %s", topic_filter, self._settings.mqtt_display
+                    )
                     async for message in client.messages:
                         await self.handle(message.topic.value, _as_bytes(message.payload))
             except aiomqtt.MqttError as exc:

@@ -80,9 +80,7 @@ class Gateway(Base):
 
 class MeterReading(Base):
     __tablename__ = "meter_readings"
-    __table_args__ = (
-        sa.UniqueConstraint("gateway_id", "meter_id", "ts"),
-    )
+    __table_args__ = (sa.UniqueConstraint("gateway_id", "meter_id", "ts"),)
 
     id: Mapped[int] = mapped_column(BigIntPK, primary_key=True)
     gateway_id: Mapped[str] = mapped_column(

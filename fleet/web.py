@@ -96,7 +96,7 @@ def make_router(settings: Settings) -> APIRouter:
         return RedirectResponse(f"/login?{urlencode(query)}", status.HTTP_303_SEE_OTHER)
 
     @router.get("/login")
-    def login_form(request: Request, lang: str | None = None, next: str | None = None) -> Response:  # noqa: A002
+    def login_form(request: Request, lang: str | None = None, next: str | None = None) -> Response:
         return render(request, "login.html", pick_lang(lang), {"next": _safe_next(next)})
 
     @router.post("/login")
@@ -104,9 +104,10 @@ def make_router(settings: Settings) -> APIRouter:
         request: Request,
         session: SessionDep,
         settings: SettingsDep,
+        *,
         username: Annotated[str, Form()],
         password: Annotated[str, Form()],
-        next: Annotated[str, Form()] = "/",  # noqa: A002
+        next: Annotated[str, Form()] = "/",
         lang: Annotated[str, Form()] = "zh",
     ) -> Response:
         chosen = pick_lang(lang)
@@ -120,9 +121,7 @@ def make_router(settings: Settings) -> APIRouter:
                 status_code=status.HTTP_401_UNAUTHORIZED,
             )
         token = create_access_token(settings, user.username)
-        response = RedirectResponse(
-            _with_lang(_safe_next(next), chosen), status.HTTP_303_SEE_OTHER
-        )
+        response = RedirectResponse(_with_lang(_safe_next(next), chosen), status.HTTP_303_SEE_OTHER)
         response.set_cookie(
             COOKIE_NAME,
             token.token,
@@ -146,6 +145,7 @@ def make_router(settings: Settings) -> APIRouter:
         request: Request,
         session: SessionDep,
         settings: SettingsDep,
+        *,
         user: PageUser,
         lang: str | None = None,
     ) -> Response:
@@ -174,6 +174,7 @@ def make_router(settings: Settings) -> APIRouter:
     def alert_page(
         request: Request,
         session: SessionDep,
+        *,
         user: PageUser,
         alert_id: str,
         lang: str | None = None,
@@ -195,9 +196,12 @@ def make_router(settings: Settings) -> APIRouter:
             request,
             "alert.html",
             chosen,
-            {"user": user, "alert": alert, "deliveries": len(deliveries), "delivered": sum(
-                1 for d in deliveries if d.status == "delivered"
-            )},
+            {
+                "user": user,
+                "alert": alert,
+                "deliveries": len(deliveries),
+                "delivered": sum(1 for d in deliveries if d.status == "delivered"),
+            },
         )
 
     return router

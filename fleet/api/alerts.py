@@ -97,6 +97,7 @@ class AlertsPublic(BaseModel):
 def read_alerts(
     session: SessionDep,
     _user: CurrentUser,
+    *,
     kind: AlertKind | None = None,
     state: Literal["open", "cleared"] | None = None,
     gateway_id: str | None = None,

@@ -72,6 +72,4 @@ def read_gateway(
     gateway = session.get(Gateway, gateway_id)
     if gateway is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "No such gateway")
-    return GatewayPublic.of(
-        gateway, now=utcnow(), offline_after_s=settings.gateway_offline_after_s
-    )
+    return GatewayPublic.of(gateway, now=utcnow(), offline_after_s=settings.gateway_offline_after_s)

@@ -66,9 +66,7 @@ def _alert() -> AlertMessage:
         ),
         pytest.param(
             topics.Up.CARD,
-            CardSwipeEvent(
-                id="e" * 32, seq=3, reader_id="r1", card="0f" * 16, event_ts=T, **ENV
-            ),
+            CardSwipeEvent(id="e" * 32, seq=3, reader_id="r1", card="0f" * 16, event_ts=T, **ENV),
             id="card",
         ),
     ],
@@ -102,7 +100,9 @@ ALERT_TOPIC = topics.up("gw-1", topics.Up.ALERT)
         pytest.param(ALERT_TOPIC, _without("v"), "unknown_version", id="no-version"),
         pytest.param(ALERT_TOPIC, _without("kind"), "invalid", id="missing-kind"),
         pytest.param(ALERT_TOPIC, _payload(kind="fire!"), "invalid", id="unknown-kind"),
-        pytest.param(ALERT_TOPIC, _payload(raised_at="2026-03-01T12:00:00"), "invalid", id="naive-time"),
+        pytest.param(
+            ALERT_TOPIC, _payload(raised_at="2026-03-01T12:00:00"), "invalid", id="naive-time"
+        ),
         pytest.param(ALERT_TOPIC, _payload(extra_field=1), "invalid", id="unknown-field"),
         pytest.param(ALERT_TOPIC, _payload(gw="gw-2"), "topic_mismatch", id="other-gateway"),
         pytest.param(ALERT_TOPIC, b"x" * (1024 * 1024), "too_large", id="1MB-garbage"),
@@ -111,7 +111,12 @@ ALERT_TOPIC = topics.up("gw-1", topics.Up.ALERT)
         pytest.param(
             topics.up("gw-1", topics.Up.CARD),
             json.dumps(
-                {**json.loads(encode(_alert())), "type": "card", "reader_id": "r", "card": "3104992211"}
+                {
+                    **json.loads(encode(_alert())),
+                    "type": "card",
+                    "reader_id": "r",
+                    "card": "3104992211",
+                }
             ).encode(),
             "invalid",
             id="raw-card-number-rejected",

@@ -27,9 +27,7 @@ pytestmark = pytest.mark.e2e
 
 
 def _token(base: str) -> str:
-    r = httpx.post(
-        f"{base}/api/auth/token", data={"username": "admin", "password": "e2e-pass-123"}
-    )
+    r = httpx.post(f"{base}/api/auth/token", data={"username": "admin", "password": "e2e-pass-123"})
     r.raise_for_status()
     return str(r.json()["access_token"])
 
@@ -86,7 +84,9 @@ def test_charging_ebike_becomes_alert_at_street_office(
             )
             cfg_path = tmp_path / "agent.toml"
             cfg_path.write_text(tomli_w.dumps(config))
-            with child(["edge_agent", "run", "--config", str(cfg_path)], tmp_path / "agent.log") as agent:
+            with child(
+                ["edge_agent", "run", "--config", str(cfg_path)], tmp_path / "agent.log"
+            ) as agent:
                 token = _token(base)
 
                 def gateway() -> dict[str, Any] | None:

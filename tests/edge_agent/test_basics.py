@@ -40,10 +40,22 @@ def test_good_config_loads(tmp_path: Path) -> None:
     ("mutate", "message"),
     [
         pytest.param(lambda s: s.replace("gw-1", "gw 1/#"), "gateway_id", id="bad-gateway-id"),
-        pytest.param(lambda s: s.replace('"0123456789abcdef0123"', '"short"'), "site_key", id="short-key"),
-        pytest.param(lambda s: s + "\nheartbeat_intervall_s = 3\n", "heartbeat_intervall_s", id="typo"),
-        pytest.param(lambda s: s.replace('mac = "A4:C1:38:AA:00:01"', 'mac = "nope"'), "ble.sensors.0.mac", id="bad-mac"),
-        pytest.param(lambda s: s.replace('unit_id = "1-101"}]\n\n[ble]', 'unit_id = "9-999"}]\n\n[ble]'), "unknown unit_id", id="dangling-unit"),
+        pytest.param(
+            lambda s: s.replace('"0123456789abcdef0123"', '"short"'), "site_key", id="short-key"
+        ),
+        pytest.param(
+            lambda s: s + "\nheartbeat_intervall_s = 3\n", "heartbeat_intervall_s", id="typo"
+        ),
+        pytest.param(
+            lambda s: s.replace('mac = "A4:C1:38:AA:00:01"', 'mac = "nope"'),
+            "ble.sensors.0.mac",
+            id="bad-mac",
+        ),
+        pytest.param(
+            lambda s: s.replace('unit_id = "1-101"}]\n\n[ble]', 'unit_id = "9-999"}]\n\n[ble]'),
+            "unknown unit_id",
+            id="dangling-unit",
+        ),
         pytest.param(lambda s: s.replace("[site]", "[site"), "not valid TOML", id="broken-toml"),
     ],
 )

@@ -46,7 +46,7 @@ def wait_until(
     while time.monotonic() < deadline:
         try:
             result = probe()
-        except Exception as exc:  # noqa: BLE001 - keep polling, report the last one
+        except Exception as exc:
             last_exc = exc
             result = None
         if result:
