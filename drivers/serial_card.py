@@ -84,12 +84,12 @@ def _terminator_end(buf: bytes, i: int) -> int:
     return i + 1
 
 
-def _find_terminator(buf: bytes, limit: int) -> int:
-    """Index of the first CR or LF in ``buf[:limit]``, or -1."""
-    for i, b in enumerate(buf[:limit]):
-        if b in _TERMINATORS:
-            return i
-    return -1
+def _find_terminator(buf: bytes) -> int:
+    """Index of the first CR or LF in ``buf``, or -1."""
+    cr, lf = buf.find(b"\r"), buf.find(b"\n")
+    if cr < 0 or lf < 0:
+        return max(cr, lf)
+    return min(cr, lf)
 
 
 def decode(
@@ -113,12 +113,14 @@ def decode(
         while used < len(buf) and buf[used] in _TERMINATORS:
             used += 1
         return None, used
-    end = _find_terminator(buf, max_len + 1)
+    end = _find_terminator(buf)
     if end < 0:
         if len(buf) > max_len:
             return Malformed("overlong", complete=False), len(buf)
         return None, 0
     used = _terminator_end(buf, end)
+    if end > max_len:
+        return Malformed("overlong"), used
     text = buf[:end].strip(_BLANKS)
     if len(text) < min_len or not set(text) <= _HEX:
         return Malformed("garbage"), used
@@ -148,7 +150,7 @@ class CardLineDecoder:
         out: list[CardLine | Malformed] = []
         while buf:
             if self._dropping:
-                end = _find_terminator(buf, len(buf))
+                end = _find_terminator(buf)
                 if end < 0:
                     buf = b""
                     break

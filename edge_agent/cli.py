@@ -38,12 +38,21 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--config", type=Path, required=True)
     check = sub.add_parser("check-config", help="validate a config file and exit")
     check.add_argument("--config", type=Path, required=True)
+    rp = sub.add_parser("replay", help="run the rules over recorded data (spec/replay.md)")
+    rp.add_argument("--site", type=Path, required=True, help="site.json")
+    rp.add_argument("--input", type=Path, required=True, help="events.jsonl")
+    rp.add_argument("--output", type=Path, required=True, help="alerts.jsonl to write")
+    rp.add_argument("--config", type=Path, help="agent config TOML whose [rules] table to use")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
     try:
+        if args.command == "replay":
+            from edge_agent.replay import run_replay  # noqa: PLC0415
+
+            sys.exit(run_replay(args.site, args.input, args.output, args.config))
         if args.command == "check-config":
             cfg = load_config(args.config)
             print(f"{args.config}: ok (gateway {cfg.gateway_id})")
