@@ -198,6 +198,11 @@ class Forwarder:
                 error = None if response.is_success else f"HTTP {response.status_code}"
             except httpx.HTTPError as exc:
                 error = f"{type(exc).__name__}: {exc}"[:500]
+            except asyncio.CancelledError:
+                # Shutting down mid-request: hand the row back now rather than leaving it
+                # leased, so the next start (or another worker) retries it at once.
+                await asyncio.to_thread(self._release, job)
+                raise
         try:
             await asyncio.to_thread(self._record, job, error)
         except sa.exc.SQLAlchemyError as exc:
@@ -209,6 +214,17 @@ class Forwarder:
                 job.alert_id,
                 str(exc).splitlines()[0][:300],
             )
+
+    def _release(self, job: Job) -> None:
+        try:
+            with self._sessions() as session, session.begin():
+                session.execute(
+                    sa.update(ForwardDelivery)
+                    .where(ForwardDelivery.id == job.delivery_id)
+                    .values(next_attempt_at=utcnow())
+                )
+        except sa.exc.SQLAlchemyError as exc:
+            log.warning("could not release delivery %d: %s", job.delivery_id, exc)
 
     def _record(self, job: Job, error: str | None) -> None:
         now = utcnow()

@@ -21,8 +21,8 @@ ENV_PREFIX = "FLEET_"
 _WELL_KNOWN_SECRETS = frozenset(
     {"", "changeme", "change-me", "changethis", "secret", "secret-key", "demo", "admin"}
 )
-MIN_SECRET_LENGTH = 16
-DEMO_SECRET_KEY = "demo-only-insecure-secret-key"  # noqa: S105 - used only with FLEET_DEMO=1
+MIN_SECRET_LENGTH = 32  # HS256 wants a key at least as long as its hash (RFC 7518 3.2)
+DEMO_SECRET_KEY = "demo-only-insecure-secret-key-never-use-in-production"  # noqa: S105 - used only with FLEET_DEMO=1
 DEMO_ADMIN_PASSWORD = "admin"  # noqa: S105 - used only with FLEET_DEMO=1
 
 

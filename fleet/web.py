@@ -43,6 +43,20 @@ def _with_lang(path: str, lang: Lang) -> str:
     return f"{path}{'&' if '?' in path else '?'}lang={lang}"
 
 
+def page_user(request: Request, session: SessionDep, settings: SettingsDep) -> User | None:
+    """The logged-in user from the cookie, or None (the page then redirects to the login)."""
+    token = request.cookies.get(COOKIE_NAME)
+    if not token:
+        return None
+    try:
+        return user_from_token(session, settings, token)
+    except InvalidTokenError:
+        return None
+
+
+PageUser = Annotated[User | None, Depends(page_user)]
+
+
 def make_templates(settings: Settings) -> Jinja2Templates:
     templates = Jinja2Templates(directory=TEMPLATES_DIR)
     zone = ZoneInfo(settings.display_timezone)
@@ -58,17 +72,6 @@ def make_router(settings: Settings) -> APIRouter:
     """The page routes, with their templates built for ``settings`` (no module-level state)."""
     templates = make_templates(settings)
     router = APIRouter(include_in_schema=False)
-
-    def page_user(request: Request, session: SessionDep, settings: SettingsDep) -> User | None:
-        token = request.cookies.get(COOKIE_NAME)
-        if not token:
-            return None
-        try:
-            return user_from_token(session, settings, token)
-        except InvalidTokenError:
-            return None
-
-    PageUser = Annotated[User | None, Depends(page_user)]  # noqa: N806 - a type alias
 
     def render(
         request: Request, name: str, lang: Lang, context: dict[str, Any], status_code: int = 200

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 T = TypeVar("T")
 
@@ -46,3 +47,43 @@ class StepClock:
         current = self.now
         self.now += self.step
         return current
+
+
+class Consumer(Generic[T]):
+    """Drains an event stream in a background task; tests wait for conditions on ``seen``."""
+
+    def __init__(self, events: AsyncIterator[T]) -> None:
+        self.seen: list[T] = []
+        self._task = asyncio.create_task(self._run(events))
+
+    async def _run(self, events: AsyncIterator[T]) -> None:
+        async for event in events:
+            self.seen.append(event)
+
+    async def until(self, done: Callable[[list[T]], bool], timeout: float = 10.0) -> list[T]:
+        try:
+            async with asyncio.timeout(timeout):
+                while not done(self.seen):
+                    if self._task.done():
+                        self._task.result()
+                        raise AssertionError(f"stream ended; got {self.seen!r}")
+                    await asyncio.sleep(0.01)
+        except TimeoutError:
+            raise AssertionError(f"timed out after {timeout}s; got {self.seen!r}") from None
+        return list(self.seen)
+
+    async def stop(self) -> None:
+        self._task.cancel()
+        try:
+            await self._task
+        except asyncio.CancelledError:
+            pass
+
+
+@asynccontextmanager
+async def consuming(events: AsyncIterator[T]) -> AsyncIterator[Consumer[T]]:
+    consumer = Consumer(events)
+    try:
+        yield consumer
+    finally:
+        await consumer.stop()

@@ -1,4 +1,10 @@
-"""MQTT ingest against a real broker and database: what the API shows after gateways publish."""
+"""MQTT ingest against a real broker and database: what the API shows after gateways publish.
+
+In CI the broker is a shared Mosquitto, so the manager under test may also hear other tests'
+gateways: assertions look at this test's gateway, or at counter deltas that only this test's
+messages can cause. Messages one client publishes reach ingest in order, so once the last one
+has taken effect, all earlier ones have been processed.
+"""
 
 from __future__ import annotations
 
@@ -41,6 +47,10 @@ async def stats(client: httpx.AsyncClient) -> dict[str, Any]:
     return dict(r.json()["ingest"])
 
 
+def delta(before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+    return {k: v - before.get(k, 0) for k, v in after.items() if v != before.get(k, 0)}
+
+
 async def find_gateway(
     client: httpx.AsyncClient, headers: dict[str, str], gw: str
 ) -> dict[str, Any] | None:
@@ -58,6 +68,7 @@ async def test_malformed_payloads_are_counted_by_reason_and_ingest_goes_on(
     topic = up(gw, Up.ALERT)
     async with fleet_client(make_settings(mqtt_broker, database_url)) as client:
         headers = await login(client)
+        before = await stats(client)
         await publish(
             mqtt_broker,
             (topic, b"{not json"),
@@ -76,8 +87,8 @@ async def test_malformed_payloads_are_counted_by_reason_and_ingest_goes_on(
         stored_alert = await eventually(stored, "the valid alert after the garbage")
         assert stored_alert["gateway_id"] == gw
         assert stored_alert["kind"] == "ebike_charging"
-        counters = await stats(client)
-        assert counters["rejected"] == {
+        after = await stats(client)
+        assert delta(before["rejected"], after["rejected"]) == {
             "bad_topic": 1,
             "invalid": 1,
             "not_json": 1,
@@ -85,12 +96,12 @@ async def test_malformed_payloads_are_counted_by_reason_and_ingest_goes_on(
             "topic_mismatch": 1,
             "unknown_version": 1,
         }
-        assert counters["accepted"] == {"alert": 1}
-        assert counters["failed"] == {}
+        assert delta(before["accepted"], after["accepted"])["alert"] >= 1
+        assert after["failed"] == {}
         # The same counters are behind login at /api/ingest/stats.
         assert (await client.get("/api/ingest/stats")).status_code == 401
         r = await client.get("/api/ingest/stats", headers=headers)
-        assert r.json()["rejected_total"] == 6
+        assert r.json()["rejected_total"] - before["rejected_total"] == 6
 
 
 GATEWAY_SCRIPT = """
@@ -167,13 +178,12 @@ async def test_death_of_an_older_session_does_not_take_a_newer_one_offline(
             wire(heartbeat(gw, session=2, seq=5)),
         )
 
-        async def seen_three() -> bool:
-            return (await stats(client))["accepted_total"] >= 3
+        async def heartbeat_seen() -> dict[str, Any] | None:
+            g = await find_gateway(client, headers, gw)
+            return g if g is not None and g["last_seq"] == 5 else None
 
-        await eventually(seen_three, "three messages to be ingested")
-        g = await find_gateway(client, headers, gw)
-        assert g is not None
-        assert (g["online"], g["session"], g["last_seq"], g["death_reason"]) == (True, 2, 5, None)
+        g = await eventually(heartbeat_seen, "the heartbeat after the stale death")
+        assert (g["online"], g["session"], g["death_reason"]) == (True, 2, None)
 
         # Its own session's clean stop does take it offline.
         await publish(mqtt_broker, wire(death(gw, session=2, seq=6, reason="clean_stop")))
@@ -216,13 +226,22 @@ async def test_resent_readings_and_swipes_are_stored_once(
     readings = telemetry(gw, "m-201", count=3)
     card = swipe(gw)
     async with fleet_client(make_settings(mqtt_broker, database_url)) as client:
+        headers = await login(client)
         # The edge outbox re-sends after a lost PUBACK: same ids, same samples.
-        await publish(mqtt_broker, wire(readings), wire(card), wire(readings), wire(card))
+        await publish(
+            mqtt_broker,
+            wire(readings),
+            wire(card),
+            wire(readings),
+            wire(card),
+            wire(heartbeat(gw, seq=99)),
+        )
 
-        async def all_four() -> bool:
-            return (await stats(client))["accepted_total"] >= 4
+        async def all_processed() -> dict[str, Any] | None:
+            g = await find_gateway(client, headers, gw)
+            return g if g is not None and g["last_seq"] == 99 else None
 
-        await eventually(all_four, "four messages to be ingested")
+        await eventually(all_processed, "the messages to be ingested")
     engine = make_engine(database_url)
     try:
         with engine.connect() as conn:
@@ -260,5 +279,5 @@ async def test_database_error_is_counted_and_ingest_continues(
 
         await eventually(stored, "the alert after the failed swipe")
         counters = await stats(client)
-        assert counters["failed"] == {"database": 1}
-        assert counters["accepted"] == {"alert": 1}
+        assert counters["failed"]["database"] >= 1
+        assert "internal" not in counters["failed"]

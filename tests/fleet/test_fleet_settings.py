@@ -1,0 +1,79 @@
+"""Configuration: environment variables, and refusing to run with default secrets."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from fleet.settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(os.environ):
+        if name.startswith("FLEET_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.mark.parametrize("secret", [None, "", "changeme", "secret", "short"])
+def test_refuses_missing_or_default_secret_outside_demo(secret: str | None) -> None:
+    with pytest.raises(ValidationError, match="FLEET_SECRET_KEY"):
+        Settings(secret_key=secret)
+
+
+def test_refuses_admin_admin_outside_demo() -> None:
+    with pytest.raises(ValidationError, match="FLEET_ADMIN_PASSWORD"):
+        Settings(secret_key="x" * 32, admin_password="admin")
+
+
+def test_demo_runs_without_secrets() -> None:
+    settings = Settings(demo=True)
+    assert settings.effective_admin_password == "admin"
+    assert settings.signing_key
+
+
+def test_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("FLEET_SECRET_KEY", "k" * 32)
+    monkeypatch.setenv("FLEET_WEBHOOK_URLS", "https://a.example/hook, http://b.example/x?key=1")
+    monkeypatch.setenv("FLEET_MQTT_URL", "mqtt://fleet:p%40ss@broker.example:2883")
+    monkeypatch.setenv("FLEET_HTTP_PORT", "8123")
+    settings = Settings()
+    assert settings.webhook_urls == ["https://a.example/hook", "http://b.example/x?key=1"]
+    assert (settings.mqtt_host, settings.mqtt_port) == ("broker.example", 2883)
+    assert (settings.mqtt_username, settings.mqtt_password) == ("fleet", "p@ss")
+    assert settings.mqtt_display == "mqtt://broker.example:2883"
+    assert settings.http_port == 8123
+    assert settings.base_url == "http://127.0.0.1:8123"
+    assert settings.effective_admin_password is None
+
+
+def test_rejects_bad_urls() -> None:
+    with pytest.raises(ValidationError, match="FLEET_MQTT_URL"):
+        Settings(secret_key="k" * 32, mqtt_url="http://broker")
+    with pytest.raises(ValidationError, match="FLEET_WEBHOOK_URLS"):
+        Settings(secret_key="k" * 32, webhook_urls="ftp://x")
+
+
+def test_serve_refuses_to_start_without_secret(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEET_")}
+    env["FLEET_DATABASE_URL"] = f"sqlite:///{tmp_path / 'fleet.db'}"
+    result = subprocess.run(
+        [sys.executable, "-m", "fleet", "serve", "--port", "0"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert "FLEET_SECRET_KEY" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "fleet.db").exists()
