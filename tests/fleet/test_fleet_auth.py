@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import uuid
 
-import httpx
-
 from tests.conftest import BrokerEndpoint
 from tests.fleet.helpers import (
     ADMIN_PASSWORD,
@@ -47,7 +45,9 @@ async def test_api_requires_a_valid_token(mqtt_broker: BrokerEndpoint, database_
 async def test_token_signed_with_another_key_is_refused(
     mqtt_broker: BrokerEndpoint, database_url: str
 ) -> None:
-    other = make_settings(mqtt_broker, database_url, secret_key="another-secret-0123456789abcdefghij")
+    other = make_settings(
+        mqtt_broker, database_url, secret_key="another-secret-0123456789abcdefghij"
+    )
     async with fleet_client(other) as client:
         headers = await login(client)
     async with fleet_client(make_settings(mqtt_broker, database_url)) as client:
@@ -79,7 +79,9 @@ async def test_web_pages_need_login_and_speak_chinese_by_default(
 ) -> None:
     gw = gateway_id()
     alert_id = uuid.uuid4().hex
-    async with fleet_client(make_settings(mqtt_broker, database_url)) as client:
+    # Served over plain http here, so the cookie must not be marked Secure.
+    settings = make_settings(mqtt_broker, database_url, public_url="http://fleet.test")
+    async with fleet_client(settings) as client:
         r = await client.get("/")
         assert r.status_code == 303
         assert r.headers["location"].startswith("/login")
@@ -110,6 +112,7 @@ async def test_web_pages_need_login_and_speak_chinese_by_default(
         assert "fleet_token=" in set_cookie
         assert "httponly" in set_cookie.lower()
         assert "samesite=lax" in set_cookie.lower()
+        assert "secure" not in set_cookie.lower()
 
         r = await client.get("/")
         assert r.status_code == 200
@@ -140,5 +143,7 @@ async def test_login_cookie_is_not_an_api_credential_for_other_sites(
     async with fleet_client(make_settings(mqtt_broker, database_url)) as client:
         r = await client.post("/login", data={"username": "admin", "password": ADMIN_PASSWORD})
         assert r.status_code == 303
+        # The public URL is https, so the browser must only send the cookie over https.
+        assert "secure" in r.headers["set-cookie"].lower()
+        client.cookies.set("fleet_token", r.cookies["fleet_token"])
         assert (await client.get("/api/alerts")).status_code == 401
-        assert isinstance(client, httpx.AsyncClient)
