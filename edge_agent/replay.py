@@ -147,9 +147,9 @@ def _fast_meter_reading(obj: dict[str, Any], ts: datetime) -> MeterReading | Non
 
     Returns None for anything unusual, and the careful parser then names the problem.
     """
-    power = obj.get("power_w")
+    raw_power: Any = obj.get("power_w")
     meter_id = obj.get("meter_id")
-    if type(power) not in _NUMBER or type(meter_id) is not str or not meter_id:
+    if type(raw_power) not in _NUMBER or type(meter_id) is not str or not meter_id:
         return None
     values: list[float | None] = [None, None, None, None]
     for i, name in enumerate(("voltage_v", "current_a", "energy_kwh", "power_factor")):
@@ -158,7 +158,7 @@ def _fast_meter_reading(obj: dict[str, Any], ts: datetime) -> MeterReading | Non
             if type(v) not in _NUMBER:
                 return None
             values[i] = float(v)
-    power = float(power)
+    power = float(raw_power)
     if not math.isfinite(power):
         return None
     return MeterReading(ts, meter_id, power, values[0], values[1], values[2], values[3])
