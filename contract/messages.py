@@ -170,6 +170,10 @@ def encode(message: Envelope) -> bytes:
     return message.model_dump_json(exclude_none=False).encode()
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
 def decode_uplink(topic: str, payload: bytes) -> Envelope:
     """Validate an uplink message against its topic. Raises :class:`ContractError`."""
     parsed = parse_up(topic)
@@ -179,9 +183,11 @@ def decode_uplink(topic: str, payload: bytes) -> Envelope:
     if len(payload) > MAX_PAYLOAD_BYTES:
         raise ContractError("too_large", f"{len(payload)} bytes > {MAX_PAYLOAD_BYTES}", gateway_id)
     try:
-        raw: Any = json.loads(payload)
+        raw: Any = json.loads(payload, parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ContractError("not_json", str(exc)[:200], gateway_id) from exc
+    except ValueError as exc:
+        raise ContractError("invalid", str(exc), gateway_id) from exc
     if not isinstance(raw, dict):
         raise ContractError("invalid", "payload is not a JSON object", gateway_id)
     version = raw.get("v")

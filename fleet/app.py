@@ -182,6 +182,9 @@ async def serve(settings: Settings, *, started: asyncio.Event | None = None) -> 
         cause = getattr(app.state, "startup_error", None)
         if cause is not None:
             raise StartupError(f"fleet manager failed to start: {cause}") from cause
-        raise
+        raise StartupError(
+            f"fleet manager failed to start on {settings.http_host}:{settings.http_port} "
+            "(is the port in use? see the log above)"
+        ) from None
     if not server.started:
         raise StartupError("fleet manager stopped before it started")

@@ -175,9 +175,6 @@ class Forwarder:
             )
         if next_due is None:
             return poll
-        # SQLite's min() returns the stored text, not a datetime: fall back to polling.
-        if not isinstance(next_due, datetime):
-            return poll
         return max(0.0, min(poll, (next_due - utcnow()).total_seconds()))
 
     async def _deliver(self, job: Job, limit: asyncio.Semaphore) -> None:

@@ -106,6 +106,12 @@ ALERT_TOPIC = topics.up("gw-1", topics.Up.ALERT)
         pytest.param(ALERT_TOPIC, _payload(extra_field=1), "invalid", id="unknown-field"),
         pytest.param(ALERT_TOPIC, _payload(gw="gw-2"), "topic_mismatch", id="other-gateway"),
         pytest.param(ALERT_TOPIC, b"x" * (1024 * 1024), "too_large", id="1MB-garbage"),
+        pytest.param(
+            ALERT_TOPIC,
+            _payload().replace(b'"peak_power_w": 191.0', b'"peak_power_w": NaN'),
+            "invalid",
+            id="nan-evidence",
+        ),
         pytest.param("edge/v1/gw-1/up/nonsense", _payload(), "bad_topic", id="unknown-topic-kind"),
         pytest.param("edge/v2/gw-1/up/alert", _payload(), "bad_topic", id="other-version-topic"),
         pytest.param(

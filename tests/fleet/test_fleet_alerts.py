@@ -110,13 +110,14 @@ async def test_alert_is_stored_once_forwarded_once_and_follows_its_episode(
                 a = await read_alert(client, headers, alert_id)
                 return a if a is not None and a["state"] == "cleared" else None
 
-            a = await eventually(is_cleared, "the clear")
+            await eventually(is_cleared, "the clear")
             # Let the late update (published after the clear) be processed, then look again.
             marker = uuid.uuid4().hex
             await publish(mqtt_broker, wire(alert(gw, marker, kind=AlertKind.OVERLOAD)))
             await eventually(lambda: read_alert(client, headers, marker), "the marker alert")
-            a = await read_alert(client, headers, alert_id)
-            assert a is not None
+            final = await read_alert(client, headers, alert_id)
+            assert final is not None
+            a = final
             assert a["state"] == "cleared"
             assert a["severity"] == "high"
             assert a["cleared_at"] == "2026-03-01T23:00:00Z"
@@ -209,8 +210,8 @@ async def test_pending_delivery_survives_a_restart(
                 received = await eventually(arrived, "delivery after the restart")
                 assert_signed(received[0], alert_id)
                 headers = await login(client)
-                a = await read_alert(client, headers, alert_id)
-                assert a is not None and a["deliveries"][0]["status"] == "delivered"
+                after = await read_alert(client, headers, alert_id)
+                assert after is not None and after["deliveries"][0]["status"] == "delivered"
             finally:
                 server.cancel()
                 await asyncio.gather(server, return_exceptions=True)

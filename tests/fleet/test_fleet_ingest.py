@@ -200,7 +200,7 @@ async def test_silent_gateway_counts_offline_without_a_death(
     mqtt_broker: BrokerEndpoint, database_url: str
 ) -> None:
     gw = gateway_id()
-    settings = make_settings(mqtt_broker, database_url, gateway_offline_after_s=1.0)
+    settings = make_settings(mqtt_broker, database_url, gateway_offline_after_s=2.0)
     async with fleet_client(settings) as client:
         headers = await login(client)
         await publish(mqtt_broker, wire(birth(gw)))
@@ -215,7 +215,7 @@ async def test_silent_gateway_counts_offline_without_a_death(
             g = await find_gateway(client, headers, gw)
             return g if g is not None and not g["online"] else None
 
-        g = await eventually(offline, "silence to count as offline", timeout=5)
+        g = await eventually(offline, "silence to count as offline", timeout=10)
         assert g["death_reason"] is None
 
 
