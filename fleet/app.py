@@ -26,6 +26,7 @@ from fleet.api import api_router
 from fleet.auth import ensure_admin
 from fleet.backoff import Backoff
 from fleet.db import make_engine, make_sessionmaker, migrate
+from fleet.dbthreads import DbThreads
 from fleet.forwarder import Forwarder
 from fleet.ingest import Ingest, IngestStats
 from fleet.runtime import Runtime
@@ -84,8 +85,11 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
             headers={"User-Agent": f"qunzu-guard-fleet/{_version()}"},
             follow_redirects=False,
         ) as http:
-            ingest = Ingest(settings, sessions, stats=stats, on_deliveries_enqueued=wake.set)
-            forwarder = Forwarder(settings, sessions, http, wake)
+            db = DbThreads()
+            ingest = Ingest(
+                settings, sessions, stats=stats, on_deliveries_enqueued=wake.set, db=db
+            )
+            forwarder = Forwarder(settings, sessions, http, wake, db=db)
             workers = asyncio.create_task(_run_workers(ingest, forwarder), name="fleet-workers")
             log.info(
                 "fleet manager started: database %s, broker %s",
@@ -97,6 +101,7 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
             finally:
                 workers.cancel()
                 await asyncio.wait([workers])
+                await db.close()
     finally:
         engine.dispose()
 

@@ -34,6 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from contract.alerts import AlertKind
 from fleet.backoff import backoff_delay
 from fleet.db import utcnow
+from fleet.dbthreads import DbThreads
 from fleet.models import Alert, DeliveryStatus, ForwardDelivery
 from fleet.settings import Settings
 from fleet.texts import kind_title
@@ -106,7 +107,10 @@ class Forwarder:
         sessions: sessionmaker[Session],
         http: httpx.AsyncClient,
         wake: asyncio.Event,
+        *,
+        db: DbThreads,
     ) -> None:
+        self._db = db
         self._settings = settings
         self._sessions = sessions
         self._http = http
@@ -119,13 +123,13 @@ class Forwarder:
         while True:
             self._wake.clear()  # a wake-up during this round triggers the next one at once
             try:
-                jobs = await asyncio.to_thread(self._claim_due)
+                jobs = await self._db.run(self._claim_due)
                 async with asyncio.TaskGroup() as tg:
                     for job in jobs:
                         tg.create_task(self._deliver(job, limit), name=f"deliver-{job.delivery_id}")
                 if len(jobs) == BATCH_SIZE:
                     continue
-                timeout = await asyncio.to_thread(self._seconds_until_next_due)
+                timeout = await self._db.run(self._seconds_until_next_due)
             except sa.exc.SQLAlchemyError as exc:
                 log.error(  # noqa: TRY400 - a traceback per poll would drown the log
                     "forwarder database error, retrying in %.0f s: %s",
@@ -198,10 +202,10 @@ class Forwarder:
             except asyncio.CancelledError:
                 # Shutting down mid-request: hand the row back now rather than leaving it
                 # leased, so the next start (or another worker) retries it at once.
-                await asyncio.to_thread(self._release, job)
+                await self._db.run(self._release, job)
                 raise
         try:
-            await asyncio.to_thread(self._record, job, error)
+            await self._db.run(self._record, job, error)
         except sa.exc.SQLAlchemyError as exc:
             # The lease expires and the row is retried; the receiver may see it twice, which the
             # idempotency key is for.

@@ -29,6 +29,7 @@ from contract.messages import ContractError, Envelope, decode_uplink
 from contract.topics import up_filter
 from fleet.backoff import Backoff, backoff_delay
 from fleet.db import utcnow
+from fleet.dbthreads import DbThreads
 from fleet.settings import Settings
 from fleet.store import Applied, apply_uplink
 
@@ -120,7 +121,9 @@ class Ingest:
         *,
         stats: IngestStats | None = None,
         on_deliveries_enqueued: Callable[[], None] = lambda: None,
+        db: DbThreads,
     ) -> None:
+        self._db = db
         self._settings = settings
         self._sessions = sessions
         self.stats = stats if stats is not None else IngestStats()
@@ -209,7 +212,7 @@ class Ingest:
         attempt = 1
         while True:
             try:
-                return await asyncio.to_thread(self._apply_sync, message, received_at)
+                return await self._db.run(self._apply_sync, message, received_at)
             except sa.exc.SQLAlchemyError as exc:
                 if attempt >= DB_ATTEMPTS or not _is_transient(exc):
                     raise
