@@ -105,3 +105,16 @@ async def cancel_and_wait(task: asyncio.Task[None]) -> None:
         current = asyncio.current_task()
         if current is not None and current.cancelling():
             raise
+
+
+def raise_if_cancelling() -> None:
+    """Honour a cancellation that a library call swallowed.
+
+    In Python 3.11 ``asyncio.wait_for`` (which pymodbus awaits every request with) returns the
+    result instead of raising CancelledError when the task is cancelled just as the result
+    arrives; the task's cancel request stays counted. Call this after such calls so that a
+    driver still stops when cancelled.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

@@ -21,7 +21,7 @@ import json
 import logging
 import re
 import sys
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -290,7 +290,7 @@ class BleChargingSensors:
             for st in self._sensors.values()
         }
 
-    async def events(self) -> AsyncIterator[ChargingSensorReading]:
+    async def events(self) -> AsyncGenerator[ChargingSensorReading, None]:
         queue: asyncio.Queue[ChargingSensorReading] = asyncio.Queue(self._queue_size)
         self._queue = queue
         try:

@@ -23,7 +23,7 @@ import asyncio
 import logging
 import math
 import struct
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Literal
@@ -33,7 +33,13 @@ from pymodbus.exceptions import ConnectionException, ModbusIOException
 from pymodbus.pdu import ModbusPDU
 
 from contract.events import DeviceFault, MeterReading
-from drivers.base import DeviceState, DriverConfigError, DriverCounters, utc_now
+from drivers.base import (
+    DeviceState,
+    DriverConfigError,
+    DriverCounters,
+    raise_if_cancelling,
+    utc_now,
+)
 
 log = logging.getLogger(__name__)
 
@@ -251,7 +257,7 @@ class ModbusTcpMeterPoller:
             for meter_id, st in self._meters.items()
         }
 
-    async def events(self) -> AsyncIterator[MeterReading | DeviceFault]:
+    async def events(self) -> AsyncGenerator[MeterReading | DeviceFault, None]:
         client = AsyncModbusTcpClient(
             self._host,
             port=self._port,
@@ -275,6 +281,7 @@ class ModbusTcpMeterPoller:
                             self.counters.inc("reconnects")
                         attempts += 1
                         endpoint_down = not await client.connect()
+                        raise_if_cancelling()
                         if endpoint_down:
                             log.warning("%s: cannot connect", self.name)
                     if endpoint_down:
@@ -340,10 +347,13 @@ class ModbusTcpMeterPoller:
                 block.address, count=block.count, device_id=st.spec.slave
             )
         except ConnectionException as exc:
+            raise_if_cancelling()
             raise _PollFailed(FAULT_UNREACHABLE, str(exc)) from None
         except ModbusIOException as exc:
+            raise_if_cancelling()
             self.counters.inc("timeouts")
             raise _PollFailed(FAULT_TIMEOUT, f"no answer within {self._timeout_s}s") from exc
+        raise_if_cancelling()
         if response.isError():
             self.counters.inc("exceptions")
             code = getattr(response, "exception_code", None)

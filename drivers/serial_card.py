@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Literal
@@ -176,8 +176,10 @@ class CardLineDecoder:
 class SerialCardReader:
     """Read card lines from a serial port (or ``socket://host:port``); yield :class:`CardRead`.
 
-    ``url`` is anything pyserial's ``serial_for_url`` opens: ``/dev/ttyUSB0``, a pty slave such
-    as ``/dev/pts/5``, or ``socket://127.0.0.1:7000``. When the port cannot be opened or
+    ``url`` is anything pyserial's ``serial_for_url`` opens: ``/dev/ttyUSB0`` (better a stable
+    ``/dev/serial/by-id/...`` link), a pty slave such as ``/dev/pts/5``, or
+    ``socket://127.0.0.1:7000``. A device port is opened exclusively (``flock``), so a second
+    process cannot open the same reader and split its frames. When the port cannot be opened or
     disappears, the reader yields ``DeviceFault(fault="port_unavailable")`` once, re-opens with
     jittered exponential backoff, and yields the fault's end when the port is back.
 
@@ -219,7 +221,7 @@ class SerialCardReader:
             )
         }
 
-    async def events(self) -> AsyncIterator[CardRead | DeviceFault]:
+    async def events(self) -> AsyncGenerator[CardRead | DeviceFault, None]:
         first = True
         while True:
             if not first:
@@ -228,7 +230,10 @@ class SerialCardReader:
             first = False
             try:
                 reader, writer = await open_serial_connection(
-                    loop=asyncio.get_running_loop(), url=self._url, baudrate=self._baudrate
+                    loop=asyncio.get_running_loop(),
+                    url=self._url,
+                    baudrate=self._baudrate,
+                    exclusive=True,  # two processes reading one port would split its frames
                 )
             except (OSError, serial.SerialException) as exc:
                 if self._fault is None:
@@ -238,8 +243,8 @@ class SerialCardReader:
             self._backoff.reset()
             if self._fault is not None:
                 log.info("%s: port %s open again", self.name, self._url)
-                yield DeviceFault(self._clock(), self._reader_id, self._fault, "reopened", False)
-                self._fault = None
+                fault, self._fault = self._fault, None
+                yield DeviceFault(self._clock(), self._reader_id, fault, "reopened", active=False)
             decoder = CardLineDecoder()
             try:
                 while data := await reader.read(1024):

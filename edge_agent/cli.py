@@ -48,6 +48,9 @@ def main(argv: list[str] | None = None) -> None:
         level=args.log_level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    # pymodbus logs an ERROR with a frame dump on every timeout; the meter driver reports the
+    # fault once when it starts and once when it ends, which is what an installer needs.
+    logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     try:
         if args.command == "replay":
             from edge_agent.replay import run_replay  # noqa: PLC0415

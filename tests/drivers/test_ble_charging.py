@@ -35,7 +35,9 @@ MAC_STRANGER = "11:22:33:44:55:66"
 SENSORS = {MAC_A: "ble-a4c138aa0001", MAC_B: "ble-a4c138aa0002"}
 
 
-def _advert(mac: str, data: bytes | None, *, uuid: str = BTHOME_UUID) -> tuple[BLEDevice, AdvertisementData]:
+def _advert(
+    mac: str, data: bytes | None, *, uuid: str = BTHOME_UUID
+) -> tuple[BLEDevice, AdvertisementData]:
     sd = {} if data is None else {uuid: data}
     return BLEDevice(mac, "BTHome", None), AdvertisementData(
         local_name="BTHome",

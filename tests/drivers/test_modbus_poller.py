@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from contextlib import aclosing
 
 import pytest
@@ -21,8 +22,12 @@ LOADS = {1: 1500.0, 2: 320.5, 3: 42.0}
 METERS = [MeterSpec("m-1-101", 1), MeterSpec("m-1-102", 2), MeterSpec("m-1-201", 3)]
 
 
-def _sim(**kw: object) -> ModbusMeterSim:
-    return ModbusMeterSim({s: (lambda t, w=w: w) for s, w in LOADS.items()}, **kw)  # type: ignore[arg-type]
+def _constant(w: float) -> Callable[[float], float]:
+    return lambda t: w
+
+
+def _sim(port: int = 0) -> ModbusMeterSim:
+    return ModbusMeterSim({s: _constant(w) for s, w in LOADS.items()}, port=port)
 
 
 def _poller(port: int, **kw: object) -> ModbusTcpMeterPoller:
@@ -52,6 +57,7 @@ async def test_readings_match_the_simulated_load() -> None:
         assert r.power_w == pytest.approx(LOADS[spec.slave], rel=1e-6)
         assert r.voltage_v is not None and 220.0 <= r.voltage_v <= 235.0
         assert r.power_factor == pytest.approx(meter.power_factor, rel=1e-6)
+        assert r.power_factor is not None
         assert r.current_a == pytest.approx(r.power_w / (r.voltage_v * r.power_factor), rel=1e-4)
         assert r.energy_kwh is not None and r.energy_kwh > 0
         assert r.ts.tzinfo is not None
@@ -89,8 +95,9 @@ async def test_silent_meter_faults_once_others_keep_reading_and_it_recovers() ->
         async with aclosing(poller.events()) as events:
             got = await collect_until(
                 events,
-                lambda seen: len(_readings(seen, "m-1-101")) >= 5
-                and len(_readings(seen, "m-1-201")) >= 5,
+                lambda seen: (
+                    len(_readings(seen, "m-1-101")) >= 5 and len(_readings(seen, "m-1-201")) >= 5
+                ),
             )
             elapsed = time.monotonic() - started
             assert [(f.fault, f.detail, f.active) for f in _faults(got, "m-1-102")] == [

@@ -42,9 +42,7 @@ MALFORMED = [
     pytest.param(b"\x023104992211\x03\r\n", Malformed("garbage"), 14, id="stx-etx-framing"),
     pytest.param(b"   \r\n", Malformed("garbage"), 5, id="blanks-only"),
     pytest.param(b"1" * 25 + b"\r\n", Malformed("overlong"), 27, id="overlong-complete"),
-    pytest.param(
-        b"9" * 40, Malformed("overlong", complete=False), 40, id="overlong-no-end-yet"
-    ),
+    pytest.param(b"9" * 40, Malformed("overlong", complete=False), 40, id="overlong-no-end-yet"),
 ]
 
 
@@ -103,13 +101,17 @@ def test_decoder_byte_at_a_time_equals_whole() -> None:
     whole = CardLineDecoder().feed(wire)
     decoder = CardLineDecoder()
     one_by_one = [item for i in range(len(wire)) for item in decoder.feed(wire[i : i + 1])]
-    assert one_by_one == whole == [
-        Malformed("garbage"),
-        CardLine("3104992211"),
-        Malformed("overlong"),
-        CardLine("04A1B2C3D4"),
-        CardLine("12345"),
-    ]
+    assert (
+        one_by_one
+        == whole
+        == [
+            Malformed("garbage"),
+            CardLine("3104992211"),
+            Malformed("overlong"),
+            CardLine("04A1B2C3D4"),
+            CardLine("12345"),
+        ]
+    )
 
 
 def test_card_numbers_stay_out_of_reprs() -> None:

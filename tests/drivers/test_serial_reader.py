@@ -6,13 +6,14 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
+from pathlib import Path
 
 import pytest
 
 from contract.events import DeviceFault
 from drivers.serial_card import CardRead, SerialCardReader
 from firmware_sim.card_reader import CardReaderSim
-from tests.drivers.helpers import StepClock, collect_until, wait_for
+from tests.drivers.helpers import StepClock, collect_until, consuming, wait_for
 
 READER = "b1-entrance"
 
@@ -85,7 +86,10 @@ async def test_missing_port_faults_once_then_reopens_when_it_appears() -> None:
     await server.wait_closed()
 
     reader = SerialCardReader(
-        url=f"socket://127.0.0.1:{port}", reader_id=READER, backoff_initial_s=0.05, backoff_max_s=0.2
+        url=f"socket://127.0.0.1:{port}",
+        reader_id=READER,
+        backoff_initial_s=0.05,
+        backoff_max_s=0.2,
     )
     async with aclosing(reader.events()) as events:
         got = await collect_until(events, lambda seen: len(seen) >= 1)
@@ -118,7 +122,10 @@ async def test_missing_port_faults_once_then_reopens_when_it_appears() -> None:
     assert reader.counters["reopen"] >= 2
 
 
-async def test_pty_that_vanishes_faults_and_keeps_trying() -> None:
+async def test_port_that_vanishes_faults_and_keeps_trying(tmp_path: Path) -> None:
+    # Opened through a stable link, as a real reader is (/dev/serial/by-id/...): the pty's own
+    # number may be handed to another pseudo-terminal once this one is gone.
+    link = tmp_path / "ttyCARD0"
     got: list[CardRead | DeviceFault] = []
 
     async def consume(reader: SerialCardReader) -> None:
@@ -126,18 +133,39 @@ async def test_pty_that_vanishes_faults_and_keeps_trying() -> None:
             got.append(event)
 
     async with CardReaderSim() as sim:
+        link.symlink_to(sim.path)
         reader = SerialCardReader(
-            url=sim.path, reader_id=READER, backoff_initial_s=0.05, backoff_max_s=0.1
+            url=str(link), reader_id=READER, backoff_initial_s=0.05, backoff_max_s=0.1
         )
         task = asyncio.create_task(consume(reader))
         await wait_for(lambda: reader.device_status()[READER].online, what="port open")
+        await sim.swipe("3104992211")
+        await wait_for(lambda: bool(got), what="a swipe")
+    link.unlink()  # the device is unplugged: its link goes with it
     try:
         await wait_for(lambda: reader.counters["reopen"] >= 2, what="reopen attempts")
         assert [(e.fault, e.active) for e in got if isinstance(e, DeviceFault)] == [
             ("port_unavailable", True)
         ]
+        assert _cards(got) == ["3104992211"]
         assert not reader.device_status()[READER].online
     finally:
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task
+
+
+async def test_a_second_reader_cannot_open_the_same_port() -> None:
+    async with CardReaderSim() as sim:
+        first = SerialCardReader(url=sim.path, reader_id=READER)
+        second = SerialCardReader(url=sim.path, reader_id="other", backoff_initial_s=0.05)
+        async with consuming(first.events()) as a:
+            await wait_for(lambda: first.device_status()[READER].online, what="port open")
+            async with consuming(second.events()) as b:
+                faults = await b.until(lambda seen: len(seen) >= 1)
+                await sim.swipe("3104992211")
+                await a.until(lambda seen: len(seen) >= 1)
+    assert isinstance(faults[0], DeviceFault) and faults[0].fault == "port_unavailable"
+    assert "lock" in faults[0].detail
+    assert _cards(a.seen) == ["3104992211"]
+    assert not _cards(b.seen)

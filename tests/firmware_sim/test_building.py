@@ -115,4 +115,3 @@ async def test_drivers_read_the_scenario() -> None:
     assert on[0].power_w is not None and 170 <= on[0].power_w <= 190
     others = [e for e in s.seen if e.sensor_id != charging_sensor]
     assert others and not any(e.charging for e in others)
-

@@ -3,21 +3,21 @@
 from __future__ import annotations
 
 import json
+import select
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from contract.site import Site
 
 
-def _wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert proc.poll() is None, "the simulator exited early"
-        assert time.monotonic() < deadline, f"no endpoints file after {timeout}s"
-        time.sleep(0.05)
+def _ready_line(proc: subprocess.Popen[bytes], timeout: float = 20.0) -> str:
+    """The simulator's readiness line (printed after the endpoints file is in place)."""
+    assert proc.stdout is not None
+    readable, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert readable, f"no readiness line after {timeout}s"
+    return proc.stdout.readline().decode().rstrip("\n")
 
 
 def test_cli_writes_endpoints_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
@@ -32,8 +32,8 @@ def test_cli_writes_endpoints_and_stops_cleanly_on_sigterm(tmp_path: Path) -> No
         stderr=subprocess.PIPE,
     )  # fmt: skip
     try:
-        time.sleep(0.2)
-        _wait_for(path, proc)
+        ready = _ready_line(proc)
+        assert ready == f"firmware-sim: building ready, endpoints in {path}"
         endpoints = json.loads(path.read_text())
         site = Site.model_validate(endpoints["site"])
         assert [u.unit_id for u in site.units] == ["1-101", "1-102"]
@@ -46,8 +46,7 @@ def test_cli_writes_endpoints_and_stops_cleanly_on_sigterm(tmp_path: Path) -> No
             proc.kill()
             proc.wait()
     assert proc.returncode == 0, err.decode()
-    lines = out.decode().splitlines()
-    assert lines == [f"firmware-sim: building ready, endpoints in {path}"]
+    assert out == b""  # one readiness line, nothing else
     assert b"Traceback" not in err
     assert not path.exists()
 
