@@ -10,18 +10,16 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from datetime import datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Protocol
 
 from contract import topics
 from contract.alerts import AlertChange
 from contract.events import (
     CardSwipe,
     ChargingSensorReading,
-    DeviceFault,
     MeterReading,
     RuleInput,
     Tick,
@@ -39,8 +37,8 @@ from contract.messages import (
     MeterTelemetry,
     encode,
 )
-from drivers.base import DeviceState
-from drivers.serial_card import CardRead
+from drivers.base import Driver
+from drivers.events import CardRead, DriverEvent
 from edge_agent.config import AgentConfig
 from edge_agent.drivers import build_drivers, describe_devices
 from edge_agent.outbox import PRIORITY_ALERT, PRIORITY_EVENT, PRIORITY_TELEMETRY, Outbox
@@ -53,19 +51,6 @@ log = logging.getLogger(__name__)
 
 RESTART_MIN_S = 1.0
 RESTART_MAX_S = 300.0
-
-AgentEvent = CardRead | MeterReading | ChargingSensorReading | DeviceFault
-
-
-class EventSource(Protocol):
-    name: str
-
-    def events(self) -> AsyncIterator[AgentEvent]: ...
-
-    def device_status(self) -> dict[str, DeviceState]: ...
-
-    @property
-    def counters(self) -> object: ...
 
 
 def agent_version() -> str:
@@ -87,7 +72,7 @@ class Agent:
         self.outbox = Outbox(Path(state_dir) / "outbox.db")
         self.engine = RuleEngine(config.site, config.rules, scope=config.gateway_id)
         self.pseudonymiser = Pseudonymiser(config.site_key.get_secret_value().encode())
-        self.drivers: list[EventSource] = list(build_drivers(config))
+        self.drivers: list[Driver] = list(build_drivers(config))
         self.uplink = Uplink(
             config=config.mqtt, outbox=self.outbox, factory=self.factory, birth=self._birth
         )
@@ -147,7 +132,7 @@ class Agent:
 
     # -- event handling ------------------------------------------------------------------------
 
-    def handle(self, event: AgentEvent) -> None:
+    def handle(self, event: DriverEvent) -> None:
         """Take one driver event through privacy, rules and the outbox (synchronous: no await
         between accepting an event and committing what it produced)."""
         if isinstance(event, CardRead):
@@ -181,7 +166,7 @@ class Agent:
             if self._charging_state.get(event.sensor_id) != event.charging:
                 self._charging_state[event.sensor_id] = event.charging
                 place = self._sensor_place.get(event.sensor_id)
-                msg = self.factory.make(
+                change = self.factory.make(
                     ChargingEvent,
                     sensor_id=event.sensor_id,
                     unit_id=place.unit_id if place else None,
@@ -190,7 +175,7 @@ class Agent:
                     power_w=event.power_w,
                     event_ts=event.ts,
                 )
-                self._enqueue(topics.Up.CHARGING, msg, PRIORITY_EVENT)
+                self._enqueue(topics.Up.CHARGING, change, PRIORITY_EVENT)
         elif event.active:
             log.warning("device %s fault: %s %s", event.device_id, event.fault, event.detail)
         else:
@@ -207,7 +192,7 @@ class Agent:
     def heartbeat(self) -> Heartbeat:
         devices: dict[str, DeviceStatus] = {}
         for d in self.drivers:
-            counters = _counter_snapshot(d.counters)
+            counters = d.counters.snapshot()
             for device_id, st in d.device_status().items():
                 devices[device_id] = DeviceStatus(
                     online=st.online, last_seen=st.last_seen, fault=st.fault, counters=counters
@@ -223,7 +208,7 @@ class Agent:
 
     # -- loops ---------------------------------------------------------------------------------
 
-    async def _supervise(self, driver: EventSource) -> None:
+    async def _supervise(self, driver: Driver) -> None:
         backoff = RESTART_MIN_S
         while True:
             started = time.monotonic()
@@ -276,11 +261,3 @@ class Agent:
             self.flush_telemetry()
             self.outbox.close()
 
-
-def _counter_snapshot(counters: object) -> dict[str, int]:
-    snap = getattr(counters, "snapshot", None)
-    if callable(snap):
-        result = snap()
-        if isinstance(result, dict):
-            return {str(k): int(v) for k, v in result.items()}
-    return {}

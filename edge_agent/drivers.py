@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from contract.messages import DeviceInfo
+from drivers.base import Driver
 from drivers.ble_charging import BleakAdvertSource, BleChargingSensors, FeedAdvertSource
 from drivers.modbus_meter import MeterSpec, ModbusTcpMeterPoller
 from drivers.serial_card import SerialCardReader
 from edge_agent.config import AgentConfig
 
-if TYPE_CHECKING:
-    from edge_agent.agent import EventSource
 
-
-def build_drivers(config: AgentConfig) -> Iterator[EventSource]:
+def build_drivers(config: AgentConfig) -> Iterator[Driver]:
     for bus in config.modbus_tcp:
         yield ModbusTcpMeterPoller(
             host=bus.host,
