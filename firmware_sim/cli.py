@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from firmware_sim.building import SimulatedBuilding
+from firmware_sim.scenario import cli as scenario_cli
 
 log = logging.getLogger("firmware_sim")
 
@@ -61,6 +62,12 @@ def _parser() -> argparse.ArgumentParser:
         default=None,
         metavar="PATH",
         help="where to write the endpoints JSON once ready (default: print it)",
+    )
+    scenario_cli.build_parser(
+        sub.add_parser(
+            "scenario",
+            help="write a labelled building (site.json, events.jsonl, truth.json) for replay",
+        )
     )
     return parser
 
@@ -104,6 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    if args.command == "scenario":
+        return scenario_cli.run(args)
     if args.command != "building":
         return 2
     path: Path | None = args.endpoints_file

@@ -1,0 +1,5 @@
+"""``python -m firmware_sim.scenario --seed 7 --out DIR``."""
+
+from firmware_sim.scenario.cli import main
+
+main()
