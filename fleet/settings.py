@@ -8,6 +8,8 @@ login tokens and webhook payloads: a default one would let anyone forge both.
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from typing import Annotated, Any, Self
 from urllib.parse import unquote, urlsplit
 
@@ -55,7 +57,11 @@ class Settings(DatabaseSettings):
     secret_key: SecretStr | None = None
     webhook_secret: SecretStr | None = Field(
         default=None,
-        description="Key for the X-Signature HMAC of webhook bodies; defaults to secret_key.",
+        description=(
+            "Key for the X-Signature HMAC of webhook bodies; required outside demo mode when "
+            "webhook URLs are set. Never the token key: a receiver must not be able to mint "
+            "login tokens."
+        ),
     )
     token_ttl_minutes: int = Field(default=60, ge=1)
     demo: bool = False
@@ -110,6 +116,14 @@ class Settings(DatabaseSettings):
                 f"{MIN_SECRET_LENGTH} characters outside demo mode "
                 f'(e.g. python -c "import secrets; print(secrets.token_urlsafe(32))")'
             )
+        if self.webhook_urls:
+            hook = self.webhook_secret.get_secret_value() if self.webhook_secret else ""
+            if len(hook) < 16 or hook == secret:
+                raise ValueError(
+                    f"{ENV_PREFIX}WEBHOOK_SECRET must be set (at least 16 characters, not the same "
+                    f"as {ENV_PREFIX}SECRET_KEY) when {ENV_PREFIX}WEBHOOK_URLS is set: receivers "
+                    "verify the X-Signature header with it"
+                )
         if self.admin_password is not None and (
             self.admin_password.get_secret_value() == DEMO_ADMIN_PASSWORD
         ):
@@ -132,7 +146,8 @@ class Settings(DatabaseSettings):
         """Key for the webhook body HMAC."""
         if self.webhook_secret is not None and self.webhook_secret.get_secret_value():
             return self.webhook_secret.get_secret_value().encode()
-        return self.signing_key
+        # Demo mode only (validated above): a key derived from, but never equal to, the token key.
+        return hmac.new(self.signing_key, b"webhook-signature", hashlib.sha256).hexdigest().encode()
 
     @property
     def effective_admin_password(self) -> str | None:

@@ -8,6 +8,8 @@ database PostgreSQL in CI (SQLite otherwise), and the webhook receiver is a real
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import os
 import signal
@@ -21,9 +23,11 @@ import tomli_w
 from fleet.demo import agent_config_from_endpoints
 from tests.conftest import BrokerEndpoint, free_port, wait_for_port
 from tests.support.procs import child, wait_until
-from tests.support.webhook import webhook_receiver
+from tests.support.webhook import Received, webhook_receiver
 
 pytestmark = pytest.mark.e2e
+
+WEBHOOK_SECRET = "e2e-webhook-secret-0123456789"
 
 
 def _token(base: str) -> str:
@@ -56,6 +60,7 @@ def test_charging_ebike_becomes_alert_at_street_office(
             "FLEET_SECRET_KEY": "e2e-secret-key-that-is-long-enough-0123456789",
             "FLEET_ADMIN_PASSWORD": "e2e-pass-123",
             "FLEET_WEBHOOK_URLS": hook.url,
+            "FLEET_WEBHOOK_SECRET": WEBHOOK_SECRET,
             "FLEET_PUBLIC_URL": base,
         }
         endpoints_file = tmp_path / "building.json"
@@ -100,14 +105,19 @@ def test_charging_ebike_becomes_alert_at_street_office(
 
                 # The charging sensor in flat 1-201 reports charging; the edge rule raises an
                 # alert and the fleet manager forwards it to the street office's webhook.
-                def delivered() -> dict[str, Any] | None:
+                def delivered() -> Received | None:
                     for r in hook.received:
                         body = r.json()
                         if body["kind"] == "ebike_charging" and body["gateway_id"] == gateway_id:
-                            return dict(body)
+                            return r
                     return None
 
-                alert = wait_until(delivered, 60, "the ebike_charging alert at the webhook")
+                request = wait_until(delivered, 60, "the ebike_charging alert at the webhook")
+                alert = request.json()
+                # The street office's system can tell the message came from its fleet manager.
+                mac = hmac.new(WEBHOOK_SECRET.encode(), request.body, hashlib.sha256).hexdigest()
+                assert request.headers["x-signature"] == f"sha256={mac}"
+                assert request.headers["idempotency-key"] == alert["alert_id"]
                 charging_sensor = endpoints["site"]["sensors"]
                 sensor_ids = {
                     s["sensor_id"] for s in charging_sensor if s.get("unit_id") == "1-201"

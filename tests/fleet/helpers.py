@@ -35,6 +35,7 @@ from tests.conftest import BrokerEndpoint
 T = TypeVar("T")
 
 SECRET = "test-secret-key-0123456789abcdef"
+WEBHOOK_SECRET = "test-webhook-key-fedcba9876543210"
 ADMIN_PASSWORD = "test-admin-pass"
 T0 = datetime(2026, 3, 1, 20, 0, tzinfo=UTC)
 
@@ -49,6 +50,7 @@ def make_settings(broker: BrokerEndpoint, database_url: str, **overrides: Any) -
         "database_url": database_url,
         "mqtt_url": broker.url,
         "secret_key": SECRET,
+        "webhook_secret": WEBHOOK_SECRET,
         "admin_password": ADMIN_PASSWORD,
         "public_url": "https://fleet.example.test",
         "forward_poll_s": 0.5,

@@ -16,7 +16,7 @@ from contract.alerts import AlertKind, Change, Severity
 from fleet.app import serve
 from tests.conftest import BrokerEndpoint, free_port
 from tests.fleet.helpers import (
-    SECRET,
+    WEBHOOK_SECRET,
     T0,
     alert,
     eventually,
@@ -31,7 +31,7 @@ from tests.support.webhook import Received, webhook_receiver
 
 
 def assert_signed(received: Received, alert_id: str) -> None:
-    expected = hmac.new(SECRET.encode(), received.body, hashlib.sha256).hexdigest()
+    expected = hmac.new(WEBHOOK_SECRET.encode(), received.body, hashlib.sha256).hexdigest()
     assert received.headers["x-signature"] == f"sha256={expected}"
     assert received.headers["idempotency-key"] == alert_id
     assert received.headers["content-type"].startswith("application/json")

@@ -39,6 +39,7 @@ def test_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("FLEET_WEBHOOK_URLS", "https://a.example/hook, http://b.example/x?key=1")
     monkeypatch.setenv("FLEET_MQTT_URL", "mqtt://fleet:p%40ss@broker.example:2883")
     monkeypatch.setenv("FLEET_HTTP_PORT", "8123")
+    monkeypatch.setenv("FLEET_WEBHOOK_SECRET", "w" * 24)
     settings = Settings()
     assert settings.webhook_urls == ["https://a.example/hook", "http://b.example/x?key=1"]
     assert (settings.mqtt_host, settings.mqtt_port) == ("broker.example", 2883)
@@ -47,6 +48,17 @@ def test_reads_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert settings.http_port == 8123
     assert settings.base_url == "http://127.0.0.1:8123"
     assert settings.effective_admin_password is None
+
+
+def test_webhooks_need_their_own_secret_outside_demo() -> None:
+    with pytest.raises(ValidationError, match="FLEET_WEBHOOK_SECRET"):
+        Settings(secret_key="k" * 32, webhook_urls="https://a.example/hook")
+    with pytest.raises(ValidationError, match="not the same"):
+        Settings(
+            secret_key="k" * 32, webhook_secret="k" * 32, webhook_urls="https://a.example/hook"
+        )
+    demo = Settings(demo=True, webhook_urls="https://a.example/hook")
+    assert demo.webhook_key != demo.signing_key
 
 
 def test_rejects_bad_urls() -> None:
