@@ -23,8 +23,10 @@ import secrets
 import signal
 import socket
 import sys
+from datetime import datetime
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import httpx
 import tomli_w
@@ -34,6 +36,7 @@ from fleet.broker import embedded_broker
 log = logging.getLogger(__name__)
 
 DEMO_GATEWAY_ID = "gw-demo-01"
+DISPLAY_TZ = ZoneInfo("Asia/Shanghai")
 DEMO_CHARGING_SUSTAIN_S = 10.0
 
 
