@@ -154,9 +154,10 @@ async def _watch_alerts(base_url: str, username: str, password: str) -> None:
                     continue
                 seen.add(alert["alert_id"])
                 where = alert.get("unit_id") or alert.get("building") or "-"
+                raised = datetime.fromisoformat(alert["raised_at"]).astimezone(DISPLAY_TZ)
                 print(
                     f"[告警 alert] {alert.get('title_zh', alert['kind'])} | {where} | "
-                    f"{alert['severity']} | {alert['raised_at']} | {alert['alert_id']}",
+                    f"{alert['severity']} | {raised:%Y-%m-%d %H:%M:%S} | {alert['alert_id']}",
                     flush=True,
                 )
 
