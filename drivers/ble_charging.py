@@ -1,9 +1,13 @@
 """BLE e-bike charging sensors that advertise BTHome v2.
 
 The sensors are passive advertisers: each advert carries BTHome service data (UUID 0xFCD2) with
-a packet id (object 0x00), power (0x0B, W) and "battery charging" (0x16, binary). Parsing,
-decryption (AES-CCM with a per-device bindkey) and replay protection are the ``bthome-ble``
-package's; this module maps its result to :class:`contract.events.ChargingSensorReading`.
+a packet id (object 0x00), power (0x0B, W) and "battery charging" (0x16, binary), in clear or
+encrypted (AES-CCM with a per-sensor 16-byte bindkey, 4-byte MIC, nonce = MAC + ``D2 FC`` +
+device-info byte + 4-byte counter). Parsing and decryption are the ``bthome-ble`` package's;
+:class:`SensorDecoder` adds what a gateway needs on top (duplicates collapsed, a counter that
+goes backwards rejected as a replay, every rejection classified) and maps the result to
+:class:`contract.events.ChargingSensorReading`. :class:`BleChargingSensors` is the driver, with
+a watchdog that restarts a scanner that went deaf.
 
 Adverts arrive through an :class:`AdvertSource`, which calls a callback with bleak's own
 ``BLEDevice`` and ``AdvertisementData`` (the signature of bleak's ``detection_callback``):
@@ -19,13 +23,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import re
 import sys
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Mapping
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, Protocol, TypeVar
+from typing import Any, Literal, Protocol, TypeVar
 
 from bleak import BleakScanner
 from bleak.args.bluez import BlueZScannerArgs, OrPattern
@@ -37,8 +42,16 @@ from bthome_ble import BTHomeBluetoothDeviceData
 from habluetooth import BluetoothServiceInfoBleak
 from sensor_state_data import DeviceKey, SensorUpdate
 
-from contract.events import ChargingSensorReading
-from drivers.base import Backoff, DeviceState, DriverCounters, DriverError, cancel_and_wait, utc_now
+from contract.events import ChargingSensorReading, DeviceFault
+from drivers.base import (
+    Backoff,
+    DeviceState,
+    DriverConfigError,
+    DriverCounters,
+    DriverError,
+    cancel_and_wait,
+    utc_now,
+)
 
 log = logging.getLogger(__name__)
 
@@ -222,32 +235,196 @@ class FeedAdvertSource:
             callback(device, advert)
 
 
+# -- the BTHome decoder of one sensor (synchronous, no IO) -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BtHomeHeader:
+    """What the first byte and the framing of BTHome v2 service data say."""
+
+    device_info: int
+    encrypted: bool
+    trigger_based: bool
+    mac_included: bool
+    counter: int | None
+    """The AES-CCM counter of an encrypted advert (4 bytes before the MIC, little-endian)."""
+
+
+def parse_bthome_header(data: bytes) -> BtHomeHeader | None:
+    """The header of BTHome v2 service data, or None if it is not BTHome v2 (wrong version
+    bits, too short to hold what its flags promise)."""
+    if not data or data[0] >> 5 != 2:
+        return None
+    info = data[0]
+    encrypted, mac_included = bool(info & 0x01), bool(info & 0x02)
+    body = data[7:] if mac_included else data[1:]
+    if mac_included and len(data) < 7:
+        return None
+    counter = None
+    if encrypted:
+        if len(body) < _MIN_CIPHERTEXT + 8:  # ciphertext, 4-byte counter, 4-byte MIC
+            return None
+        counter = int.from_bytes(body[-8:-4], "little")
+    return BtHomeHeader(info, encrypted, bool(info & 0x04), mac_included, counter)
+
+
+_MIN_CIPHERTEXT = 2  # bthome-ble's minimum for a v2 payload
+
+
+RejectReason = Literal["unparseable", "duplicate", "decrypt_failed", "replayed"]
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """An advert that delivers nothing, and why (``reason`` is also the counter's name)."""
+
+    reason: RejectReason
+    detail: str
+
+
+class SensorDecoder:
+    """One sensor's adverts -> readings: dedupe, decryption, replay protection, mapping.
+
+    Synchronous and free of IO (the driver and the installer's scan share it). bthome-ble parses
+    and decrypts; this class decides what the outcome means:
+
+    - the same service data again within ``dedupe_window_s``: ``duplicate`` (a BLE device
+      repeats each packet a few times);
+    - a sensor with a bindkey sending plaintext, a sensor without one sending ciphertext, or a
+      MIC that does not verify (wrong key, forged packet): ``decrypt_failed``;
+    - an encrypted advert whose counter is not above the last accepted one: ``replayed``.
+      bthome-ble lets a counter below 100 restart silently; here a counter may restart only
+      after the sensor was silent for ``counter_restart_after_s`` (a battery change), so a
+      recorded early packet cannot be replayed at any time;
+    - anything else without a new "battery charging" state: ``unparseable``.
+    """
+
+    def __init__(
+        self,
+        sensor_id: str,
+        *,
+        bindkey: bytes | None = None,
+        dedupe_window_s: float = 4.0,
+        counter_restart_after_s: float = 3600.0,
+        source_name: str = "ble",
+    ) -> None:
+        if bindkey is not None and len(bindkey) != 16:
+            raise DriverConfigError(f"sensor {sensor_id!r}: a bindkey is 16 bytes (32 hex digits)")
+        self.sensor_id = sensor_id
+        self.encrypted = bindkey is not None
+        self._parser = BTHomeBluetoothDeviceData(bindkey)
+        self._dedupe_window_s = dedupe_window_s
+        self._restart_after_s = counter_restart_after_s
+        self._source = source_name
+        self.last_seen: datetime | None = None
+        self.last_counter: int | None = None
+        self._last_payload: bytes | None = None
+        self._last_accepted: datetime | None = None
+        # The parser's values are cumulative: a value object it did not replace is not new.
+        self._last_charging: object = None
+        self._last_power: object = None
+
+    def feed(
+        self, device: BLEDevice, advert: AdvertisementData, ts: datetime
+    ) -> ChargingSensorReading | Rejected:
+        payload = advert.service_data.get(BTHOME_UUID)
+        if not payload:
+            return Rejected("unparseable", "no BTHome service data")
+        self.last_seen = ts
+        if (
+            payload == self._last_payload
+            and self._last_accepted is not None
+            and (ts - self._last_accepted).total_seconds() < self._dedupe_window_s
+        ):
+            return Rejected("duplicate", "the same packet again")
+        header = parse_bthome_header(payload)
+        if header is None:
+            return Rejected("unparseable", "not BTHome v2 service data")
+        if self.encrypted and not header.encrypted:
+            return Rejected("decrypt_failed", "plaintext advert from a sensor with a bindkey")
+        if header.encrypted and not self.encrypted:
+            return Rejected("decrypt_failed", "encrypted advert but no bindkey is configured")
+        counter = header.counter
+        if counter is not None and self.last_counter is not None and counter <= self.last_counter:
+            silent_s = (
+                (ts - self._last_accepted).total_seconds() if self._last_accepted else math.inf
+            )
+            if silent_s < self._restart_after_s:
+                return Rejected(
+                    "replayed", f"counter {counter} is not above the last one ({self.last_counter})"
+                )
+            self._parser.reset_encryption_counter()  # a restarted sensor (battery change)
+        info = BluetoothServiceInfoBleak.from_scan(
+            source=self._source,
+            device=device,
+            advertisement_data=advert,
+            monotonic_time=ts.timestamp(),
+            connectable=False,
+        )
+        try:
+            update: SensorUpdate = self._parser.update(info)
+        except Exception:  # a third-party parser fed hostile bytes: a bad advert, not a crash
+            return Rejected("unparseable", "the BTHome parser refused the advert")
+        if counter is not None:
+            if self._parser.decryption_failed or self._parser.encryption_counter != counter:
+                return Rejected("decrypt_failed", "the MIC does not verify: wrong bindkey?")
+            self.last_counter = counter
+        charging = update.binary_entity_values.get(_CHARGING_KEY)
+        if charging is None or charging is self._last_charging or charging.native_value is None:
+            return Rejected("unparseable", "no battery-charging state in the advert")
+        power = update.entity_values.get(_POWER_KEY)
+        power_w: float | None = None
+        if (
+            power is not None
+            and power is not self._last_power
+            and isinstance(power.native_value, int | float)
+            and math.isfinite(power.native_value)
+            and power.native_value >= 0  # a charger draws; a signed 0x5C object may say < 0
+        ):
+            power_w = float(power.native_value)
+        self._last_charging, self._last_power = charging, power
+        self._last_payload, self._last_accepted = payload, ts
+        return ChargingSensorReading(ts, self.sensor_id, bool(charging.native_value), power_w)
+
+
 # -- the driver ---------------------------------------------------------------------------------
 
+SCANNER_ID = "ble-scanner"
+"""The pseudo-device the scanner's own faults are reported on."""
+FAULT_NO_ADVERTS = "no_adverts"
+"""The scanner heard nothing for ``watchdog_s`` while sensors are expected: restarted."""
+FAULT_SCANNER_ERROR = "scanner_error"
+"""Scanning could not start (adapter gone, BlueZ error): retried with backoff."""
 
-@dataclass(slots=True)
-class _SensorState:
-    sensor_id: str
-    parser: BTHomeBluetoothDeviceData
-    last_seen: datetime | None = None
-    last_payload: bytes | None = None
-    last_accepted: datetime | None = None
-    # The parser returns cumulative values: a value object it did not replace is not new.
-    last_charging: object = field(default=None)
-    last_power: object = field(default=None)
+Event = ChargingSensorReading | DeviceFault
+
+
+@dataclass(slots=True, eq=False)
+class _Sensor:
+    decoder: SensorDecoder
+    fault: str | None = None
 
 
 class BleChargingSensors:
-    """Charging sensors (BTHome v2) heard through ``source``; yields ChargingSensorReading.
+    """Charging sensors (BTHome v2) heard through ``source``; yields readings and faults.
 
-    ``sensors`` maps upper-case MAC addresses to sensor ids; adverts from other devices are
-    counted (``unknown_mac``) and ignored. ``bindkeys`` maps MACs to 16-byte BTHome keys for
-    encrypted sensors. An advert repeated with the same packet (same service data) within
-    ``dedupe_window_s`` is collapsed (``duplicates``); adverts that are not BTHome, fail to
-    decrypt, replay an old packet or carry no charging state are counted (``unparseable``).
+    ``sensors`` maps MAC addresses to sensor ids; adverts from other devices are counted
+    (``unknown_mac``) and ignored. ``bindkeys`` maps MACs to 16-byte BTHome keys of encrypted
+    sensors. Each advert goes through the sensor's :class:`SensorDecoder`; what it rejects is
+    counted by reason (``duplicates``, ``unparseable``, ``decrypt_failed``, ``replayed``) and is
+    never delivered. A decryption failure or a replay is also a device fault
+    (``DeviceFault(sensor_id, "decrypt_failed" | "replayed", active=True)``, once per episode,
+    ``active=False`` at the next good reading).
+
+    Watchdog: when no advert at all arrives for ``watchdog_s`` (default 120 s; None: off), the
+    scan is stopped and started again (``scanner_restarts``, a warning, and
+    ``DeviceFault("ble-scanner", "no_adverts")`` once per episode, cleared by the next advert).
+    A scan that fails to start is retried with jittered backoff (``scanner_retry_s``: first and
+    longest delay; ``DeviceFault("ble-scanner", "scanner_error")``). The agent is never
+    restarted for either.
 
     Other counters: ``adverts`` (all received), ``readings`` (yielded), ``dropped`` (the
-    consumer fell more than ``queue_size`` readings behind).
+    consumer fell more than ``queue_size`` events behind).
     """
 
     def __init__(
@@ -259,116 +436,185 @@ class BleChargingSensors:
         bindkeys: Mapping[str, bytes] | None = None,
         dedupe_window_s: float = 4.0,
         offline_after_s: float = 300.0,
+        watchdog_s: float | None = 120.0,
+        counter_restart_after_s: float = 3600.0,
+        scanner_retry_s: tuple[float, float] = (1.0, 60.0),
         queue_size: int = 1000,
         name: str = "ble-charging",
     ) -> None:
+        if watchdog_s is not None and watchdog_s <= 0:
+            raise DriverConfigError("watchdog_s must be positive (or None: no watchdog)")
         self.name = name
         self.counters = DriverCounters(
-            ("adverts", "readings", "unknown_mac", "unparseable", "duplicates", "dropped")
+            (
+                "adverts",
+                "readings",
+                "unknown_mac",
+                "unparseable",
+                "duplicates",
+                "decrypt_failed",
+                "replayed",
+                "dropped",
+                "scanner_restarts",
+            )
         )
         self._source = source
         self._clock = clock
-        self._dedupe_window_s = dedupe_window_s
         self._offline_after_s = offline_after_s
+        self._watchdog_s = watchdog_s
+        self._scanner_retry_s = scanner_retry_s
         self._queue_size = queue_size
-        self._queue: asyncio.Queue[ChargingSensorReading] | None = None
+        self._queue: asyncio.Queue[Event] | None = None
+        self._last_advert = 0.0
+        self._scanner_fault: str | None = None
         keys = {mac.upper(): key for mac, key in (bindkeys or {}).items()}
-        self._sensors: dict[str, _SensorState] = {
-            mac.upper(): _SensorState(sensor_id, BTHomeBluetoothDeviceData(keys.get(mac.upper())))
+        unknown = sorted(set(keys) - {m.upper() for m in sensors})
+        if unknown:
+            raise DriverConfigError(f"bindkeys for MACs that are not sensors: {unknown}")
+        self._sensors: dict[str, _Sensor] = {
+            mac.upper(): _Sensor(
+                SensorDecoder(
+                    sensor_id,
+                    bindkey=keys.get(mac.upper()),
+                    dedupe_window_s=dedupe_window_s,
+                    counter_restart_after_s=counter_restart_after_s,
+                    source_name=name,
+                )
+            )
             for mac, sensor_id in sensors.items()
         }
 
     def device_status(self) -> dict[str, DeviceState]:
         now = self._clock()
-        return {
-            st.sensor_id: DeviceState(
-                online=st.last_seen is not None
-                and (now - st.last_seen).total_seconds() < self._offline_after_s,
-                last_seen=st.last_seen,
-                fault=None,
+        out = {}
+        for st in self._sensors.values():
+            seen = st.decoder.last_seen
+            out[st.decoder.sensor_id] = DeviceState(
+                online=seen is not None and (now - seen).total_seconds() < self._offline_after_s,
+                last_seen=seen,
+                fault=st.fault,
             )
-            for st in self._sensors.values()
-        }
+        return out
 
-    async def events(self) -> AsyncGenerator[ChargingSensorReading, None]:
-        queue: asyncio.Queue[ChargingSensorReading] = asyncio.Queue(self._queue_size)
+    async def events(self) -> AsyncGenerator[Event, None]:
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Event] = asyncio.Queue(self._queue_size)
         self._queue = queue
+        backoff = Backoff(*self._scanner_retry_s)
+        watchdog = self._watchdog_s if self._sensors else None
         try:
-            async with self._source.scan(self._on_advert):
-                while True:
-                    yield await queue.get()
+            while True:
+                self._last_advert = loop.time()
+                try:
+                    async with self._source.scan(self._on_advert):
+                        while True:
+                            if watchdog is None:
+                                event = await queue.get()
+                            else:
+                                remaining = self._last_advert + watchdog - loop.time()
+                                if remaining <= 0:
+                                    break
+                                try:
+                                    async with asyncio.timeout(remaining):
+                                        event = await queue.get()
+                                except TimeoutError:
+                                    continue
+                            yield event
+                except (BleakError, OSError, DriverError) as exc:
+                    self.counters.inc("scanner_restarts")
+                    delay = backoff.next()
+                    log.warning(
+                        "%s: scanning failed (%s); retrying in %.1fs", self.name, exc, delay
+                    )
+                    for event in self._scanner_failed(FAULT_SCANNER_ERROR, str(exc)):
+                        yield event
+                    await asyncio.sleep(delay)
+                    continue
+                backoff.reset()
+                self.counters.inc("scanner_restarts")
+                log.warning(
+                    "%s: no advert for %gs while %d sensors are expected; restarting the scan",
+                    self.name,
+                    watchdog,
+                    len(self._sensors),
+                )
+                detail = f"no advert for {watchdog:g}s; scanner restarted"
+                for event in self._scanner_failed(FAULT_NO_ADVERTS, detail):
+                    yield event
         finally:
             self._queue = None
 
+    def _scanner_failed(self, fault: str, detail: str) -> list[Event]:
+        if self._scanner_fault == fault:
+            return []
+        ts = self._clock()
+        out: list[Event] = []
+        if self._scanner_fault is not None:
+            out.append(DeviceFault(ts, SCANNER_ID, self._scanner_fault, "superseded", active=False))
+        self._scanner_fault = fault
+        out.append(DeviceFault(ts, SCANNER_ID, fault, detail, active=True))
+        return out
+
+    def _put(self, event: Event) -> bool:
+        if self._queue is None:
+            return False
+        try:
+            self._queue.put_nowait(event)
+        except asyncio.QueueFull:
+            self.counters.inc("dropped")
+            return False
+        return True
+
     def _on_advert(self, device: BLEDevice, advert: AdvertisementData) -> None:
         self.counters.inc("adverts")
+        queue = self._queue
+        if queue is None:
+            return
+        self._last_advert = asyncio.get_running_loop().time()
+        if self._scanner_fault is not None:
+            fault, self._scanner_fault = self._scanner_fault, None
+            log.info("%s: adverts arrive again", self.name)
+            self._put(DeviceFault(self._clock(), SCANNER_ID, fault, "recovered", active=False))
         st = self._sensors.get(device.address.upper())
         if st is None:
             self.counters.inc("unknown_mac")
             return
-        reading = self._parse(st, device, advert)
-        if reading is None or self._queue is None:
-            return
-        try:
-            self._queue.put_nowait(reading)
-        except asyncio.QueueFull:
-            self.counters.inc("dropped")
-            return
-        self.counters.inc("readings")
-
-    def _parse(
-        self, st: _SensorState, device: BLEDevice, advert: AdvertisementData
-    ) -> ChargingSensorReading | None:
         ts = self._clock()
-        payload = advert.service_data.get(BTHOME_UUID)
-        if not payload:
-            self.counters.inc("unparseable")
-            return None
-        if (
-            payload == st.last_payload
-            and st.last_accepted is not None
-            and (ts - st.last_accepted).total_seconds() < self._dedupe_window_s
-        ):
-            st.last_seen = ts
-            self.counters.inc("duplicates")
-            return None
-        info = BluetoothServiceInfoBleak.from_scan(
-            source=self.name,
-            device=device,
-            advertisement_data=advert,
-            monotonic_time=ts.timestamp(),
-            connectable=False,
-        )
-        try:
-            update: SensorUpdate = st.parser.update(info)
-        except Exception:  # a third-party parser fed hostile bytes: a bad advert, not a crash
-            log.debug("%s: parser failed on an advert from %s", self.name, st.sensor_id)
-            self.counters.inc("unparseable")
-            return None
-        charging = update.binary_entity_values.get(_CHARGING_KEY)
-        if charging is None or charging is st.last_charging or charging.native_value is None:
-            self.counters.inc("unparseable")
-            return None
-        power = update.entity_values.get(_POWER_KEY)
-        power_w: float | None = None
-        if (
-            power is not None
-            and power is not st.last_power
-            and isinstance(power.native_value, int | float)
-        ):
-            power_w = float(power.native_value)
-        st.last_charging, st.last_power = charging, power
-        st.last_payload, st.last_accepted, st.last_seen = payload, ts, ts
-        return ChargingSensorReading(ts, st.sensor_id, bool(charging.native_value), power_w)
+        outcome = st.decoder.feed(device, advert, ts)
+        sensor_id = st.decoder.sensor_id
+        if isinstance(outcome, Rejected):
+            self.counters.inc("duplicates" if outcome.reason == "duplicate" else outcome.reason)
+            if outcome.reason in ("decrypt_failed", "replayed") and st.fault != outcome.reason:
+                if st.fault is not None:
+                    self._put(DeviceFault(ts, sensor_id, st.fault, "superseded", active=False))
+                log.warning(
+                    "%s: sensor %s: %s (%s)", self.name, sensor_id, outcome.reason, outcome.detail
+                )
+                st.fault = outcome.reason
+                self._put(DeviceFault(ts, sensor_id, outcome.reason, outcome.detail, active=True))
+            return
+        if st.fault is not None:
+            log.info("%s: sensor %s reads again", self.name, sensor_id)
+            self._put(DeviceFault(ts, sensor_id, st.fault, "recovered", active=False))
+            st.fault = None
+        if self._put(outcome):
+            self.counters.inc("readings")
 
 
 __all__ = [
     "BTHOME_UUID",
+    "FAULT_NO_ADVERTS",
+    "FAULT_SCANNER_ERROR",
+    "SCANNER_ID",
     "AdvertCallback",
     "AdvertSource",
     "BadFeedLine",
     "BleChargingSensors",
     "BleakAdvertSource",
+    "BtHomeHeader",
     "FeedAdvertSource",
+    "Rejected",
+    "SensorDecoder",
     "advert_from_json",
+    "parse_bthome_header",
 ]

@@ -14,11 +14,17 @@ from contract.events import ChargingSensorReading, DeviceFault, MeterReading
 
 @dataclass(frozen=True, slots=True)
 class CardRead:
-    """A card presented at a reader, with the raw number (kept out of reprs and logs)."""
+    """A card presented at a reader, with the raw number (kept out of reprs and logs).
+
+    Wiegand readers also give the number's parts (``facility`` and ``card``, see
+    :mod:`drivers.wiegand`); other readers leave them ``None``.
+    """
 
     ts: datetime
     reader_id: str
     number: str = field(repr=False)
+    facility: int | None = field(default=None, repr=False)
+    card: int | None = field(default=None, repr=False)
 
 
 DriverEvent = MeterReading | ChargingSensorReading | CardRead | DeviceFault

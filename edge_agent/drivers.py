@@ -8,22 +8,87 @@ from urllib.parse import urlparse
 from contract.messages import DeviceInfo
 from drivers.base import Driver
 from drivers.ble_charging import BleakAdvertSource, BleChargingSensors, FeedAdvertSource
-from drivers.modbus_meter import MeterSpec, ModbusTcpMeterPoller
+from drivers.dlt645 import Dlt645MeterSpec, Dlt645Poller
+from drivers.modbus_bus import LinkSpec, ModbusLink, RtuOverTcp, RtuSerialPort, TcpEndpoint
+from drivers.modbus_meter import (
+    MeterSpec,
+    ModbusMeterPoller,
+    RegisterSpec,
+    generic_profile,
+)
 from drivers.serial_card import SerialCardReader
-from edge_agent.config import AgentConfig
+from drivers.wiegand import WiegandReader
+from edge_agent.config import AgentConfig, ModbusBusConfig, ModbusMeterConfig
+
+
+def _link_spec(bus: ModbusBusConfig) -> LinkSpec:
+    if bus.transport == "rtu":
+        assert bus.url is not None  # the config's validator checked it
+        return RtuSerialPort(bus.url, bus.baudrate, bus.parity, bus.stopbits)
+    assert bus.host is not None
+    if bus.transport == "rtu-over-tcp":
+        assert bus.port is not None
+        return RtuOverTcp(bus.host, bus.port)
+    return TcpEndpoint(bus.host, bus.port or 502)
+
+
+def _meter_spec(m: ModbusMeterConfig) -> MeterSpec:
+    if m.profile == "generic":
+        registers: dict[str, RegisterSpec] = {
+            r.field: RegisterSpec(r.address, r.data_type, r.word_order, r.scale)
+            for r in m.registers
+        }
+        return MeterSpec(
+            m.meter_id,
+            m.slave,
+            generic_profile(registers, m.function_code or 3, name=f"generic:{m.meter_id}"),
+            interval_s=m.interval_s,
+            timeout_s=m.timeout_s,
+        )
+    return MeterSpec(m.meter_id, m.slave, m.profile, m.function_code, m.interval_s, m.timeout_s)
+
+
+def build_modbus(bus: ModbusBusConfig) -> ModbusMeterPoller:
+    """One poller per bus (one serialised transaction queue per port or connection)."""
+    return ModbusMeterPoller(
+        link=ModbusLink(_link_spec(bus)),
+        meters=[_meter_spec(m) for m in bus.meters],
+        interval_s=bus.interval_s,
+        timeout_s=bus.timeout_s,
+        max_quarantine_s=bus.max_quarantine_s,
+    )
 
 
 def build_drivers(config: AgentConfig) -> Iterator[Driver]:
-    for bus in config.modbus_tcp:
-        yield ModbusTcpMeterPoller(
-            host=bus.host,
-            port=bus.port,
-            meters=[MeterSpec(m.meter_id, m.slave, m.profile) for m in bus.meters],
-            interval_s=bus.interval_s,
-            timeout_s=bus.timeout_s,
-        )
+    for bus in [*config.modbus_tcp, *config.modbus]:
+        yield build_modbus(bus)
     for reader in config.serial_readers:
-        yield SerialCardReader(url=reader.url, reader_id=reader.reader_id, baudrate=reader.baudrate)
+        yield SerialCardReader(
+            url=reader.url,
+            reader_id=reader.reader_id,
+            baudrate=reader.baudrate,
+            frame_format=reader.frame_format,
+            w34_uid=reader.w34_uid,
+        )
+    for wiegand in config.wiegand_readers:
+        yield WiegandReader(
+            chip=wiegand.chip,
+            d0=wiegand.d0,
+            d1=wiegand.d1,
+            reader_id=wiegand.reader_id,
+            idle_ms=wiegand.idle_ms,
+            formats=wiegand.formats,
+            w34_uid=wiegand.w34_uid,
+        )
+    for dlt in config.dlt645:
+        yield Dlt645Poller(
+            url=dlt.url,
+            baudrate=dlt.baudrate,
+            parity=dlt.parity,
+            meters=[Dlt645MeterSpec(m.meter_id, m.address) for m in dlt.meters],
+            interval_s=dlt.interval_s,
+            timeout_s=dlt.timeout_s,
+        )
     ble = config.ble
     if ble is not None and ble.sensors:
         if ble.source == "bleak":
@@ -31,8 +96,13 @@ def build_drivers(config: AgentConfig) -> Iterator[Driver]:
         else:
             feed = urlparse(ble.source)
             source = FeedAdvertSource(feed.hostname or "127.0.0.1", feed.port or 0)
+        bindkeys = {s.mac.upper(): key for s in ble.sensors if (key := s.bindkey_bytes())}
         yield BleChargingSensors(
-            sensors={s.mac.upper(): s.sensor_id for s in ble.sensors}, source=source
+            sensors={s.mac.upper(): s.sensor_id for s in ble.sensors},
+            source=source,
+            bindkeys=bindkeys,
+            watchdog_s=ble.watchdog_s or None,
+            offline_after_s=ble.offline_after_s,
         )
 
 
@@ -42,12 +112,12 @@ def describe_devices(config: AgentConfig) -> list[DeviceInfo]:
     meter_unit = {m.meter_id: m.unit_id for m in site.meters}
     sensor_place = {s.sensor_id: s for s in site.sensors}
     devices: list[DeviceInfo] = []
-    for bus in config.modbus_tcp:
+    for bus in [*config.modbus_tcp, *config.modbus]:
         devices.extend(
             DeviceInfo(
                 device_id=m.meter_id,
                 kind="meter",
-                driver=f"modbus-tcp:{m.profile}",
+                driver=f"modbus-{bus.transport}:{m.profile}",
                 unit_id=meter_unit.get(m.meter_id),
             )
             for m in bus.meters
@@ -56,6 +126,20 @@ def describe_devices(config: AgentConfig) -> list[DeviceInfo]:
         DeviceInfo(device_id=r.reader_id, kind="card_reader", driver="serial")
         for r in config.serial_readers
     )
+    devices.extend(
+        DeviceInfo(device_id=w.reader_id, kind="card_reader", driver="wiegand")
+        for w in config.wiegand_readers
+    )
+    for dlt in config.dlt645:
+        devices.extend(
+            DeviceInfo(
+                device_id=m.meter_id,
+                kind="meter",
+                driver="dlt645",
+                unit_id=meter_unit.get(m.meter_id),
+            )
+            for m in dlt.meters
+        )
     if config.ble is not None:
         for s in config.ble.sensors:
             place = sensor_place.get(s.sensor_id)

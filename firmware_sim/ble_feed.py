@@ -7,7 +7,14 @@ every advert as one JSON line::
      "service_data": {"0000fcd2-0000-1000-8000-00805f9b34fb": "<hex>"}}
 
 Each :class:`SimChargingSensor` re-advertises every ``interval_s`` with an incrementing packet id
-and advertises at once when its state changes (:meth:`SimChargingSensor.set`).
+and advertises at once when its state changes (:meth:`SimChargingSensor.set`). A sensor with a
+``bindkey`` sends encrypted adverts (AES-CCM, :func:`firmware_sim.bthome.encrypt`) with a
+counter that goes up by one per packet.
+
+Faults on purpose: :meth:`SimChargingSensor.replay` sends an old packet again (a counter going
+backwards), :meth:`SimChargingSensor.advertise_with_key` encrypts with another key,
+:meth:`SimChargingSensor.advertise_garbage` sends service data that is not BTHome, and
+:meth:`BleFeedServer.set_silent` makes the air go quiet (connections stay open, nothing comes).
 """
 
 from __future__ import annotations
@@ -16,10 +23,11 @@ import asyncio
 import json
 import logging
 import random
+from collections import deque
 from typing import Any
 
 from firmware_sim._aio import cancel_and_wait
-from firmware_sim.bthome import BTHOME_SERVICE_UUID, service_data
+from firmware_sim.bthome import BTHOME_SERVICE_UUID, encrypt, service_data
 
 log = logging.getLogger(__name__)
 
@@ -36,8 +44,12 @@ class SimChargingSensor:
         rssi: int,
         battery_pct: int,
         rng: random.Random,
+        bindkey: bytes | None = None,
     ) -> None:
         self.mac = mac.upper()
+        self.bindkey = bindkey
+        self.counter = rng.randrange(1000, 100_000)  # AES-CCM counter (encrypted sensors)
+        self.sent: deque[dict[str, Any]] = deque(maxlen=16)  # recent adverts, for replays
         self.local_name = local_name
         self.rssi = rssi
         self.battery_pct = battery_pct
@@ -55,16 +67,26 @@ class SimChargingSensor:
         if changed:
             self.advertise()
 
-    def advert(self, *, next_packet: bool = True) -> dict[str, Any]:
-        """The next advert as a feed line object (``next_packet=False`` repeats the packet)."""
+    def advert(self, *, next_packet: bool = True, key: bytes | None = None) -> dict[str, Any]:
+        """The next advert as a feed line object (``next_packet=False`` repeats the packet).
+
+        An encrypted sensor encrypts with its bindkey, or with ``key`` when given (a wrong key).
+        """
         if next_packet:
             self.packet_id = (self.packet_id + 1) % 256
+            self.counter += 1
         data = service_data(
             packet_id=self.packet_id,
             battery_pct=self.battery_pct,
             power_w=self.power_w,
             charging=self.charging,
         )
+        bindkey = key or self.bindkey
+        if bindkey is not None:
+            data = encrypt(data, mac=self.mac, bindkey=bindkey, counter=self.counter)
+        return self._line(data)
+
+    def _line(self, data: bytes) -> dict[str, Any]:
         return {
             "mac": self.mac,
             "rssi": self.rssi + self._rng.randint(-3, 3),
@@ -75,9 +97,27 @@ class SimChargingSensor:
     def advertise(self, *, repeat: int = 1) -> None:
         """Send the next packet ``repeat`` times (BLE devices often repeat a packet)."""
         line = self.advert()
+        self.sent.append(line)
         for _ in range(repeat):
             self.adverts += 1
             self._feed.broadcast(line)
+
+    def replay(self, back: int = 2) -> None:
+        """Send again the packet sent ``back`` packets ago (an attacker's recording)."""
+        self.adverts += 1
+        self._feed.broadcast(self.sent[-1 - back])
+
+    def advertise_with_key(self, key: bytes) -> None:
+        """Send the next packet encrypted with ``key`` (a wrong bindkey, or a forgery)."""
+        self.adverts += 1
+        self._feed.broadcast(self.advert(key=key))
+
+    def advertise_garbage(self, data: bytes | None = None) -> None:
+        """Send service data that is not a valid BTHome packet (random bytes by default)."""
+        if data is None:
+            data = self._rng.randbytes(self._rng.randint(1, 24))
+        self.adverts += 1
+        self._feed.broadcast(self._line(data))
 
 
 class BleFeedServer:
@@ -98,6 +138,8 @@ class BleFeedServer:
         self._port = port
         self.interval_s = interval_s
         self._rng = random.Random(seed)
+        self.silent = False
+        self.connections = 0  # clients accepted so far
         self.sensors: dict[str, SimChargingSensor] = {}
         self._clients: set[asyncio.StreamWriter] = set()
         self._server: asyncio.Server | None = None
@@ -113,7 +155,12 @@ class BleFeedServer:
         return len(self._clients)
 
     def add_sensor(
-        self, mac: str, *, local_name: str | None = None, battery_pct: int = 90
+        self,
+        mac: str,
+        *,
+        local_name: str | None = None,
+        battery_pct: int = 90,
+        bindkey: bytes | None = None,
     ) -> SimChargingSensor:
         sensor = SimChargingSensor(
             self,
@@ -122,12 +169,20 @@ class BleFeedServer:
             rssi=self._rng.randint(-85, -55),
             battery_pct=battery_pct,
             rng=random.Random(self._rng.random()),
+            bindkey=bindkey,
         )
         self.sensors[sensor.mac] = sensor
         return sensor
 
+    def set_silent(self, silent: bool) -> None:
+        """Go quiet (nothing is sent, connections stay open) or speak again."""
+        self.silent = silent
+
     def broadcast(self, obj: dict[str, Any] | str | bytes) -> None:
-        """Send one line to every connected client (a dict is JSON-encoded; str/bytes raw)."""
+        """Send one line to every connected client (a dict is JSON-encoded; str/bytes raw).
+        Nothing is sent while the feed is silent."""
+        if self.silent:
+            return
         if isinstance(obj, dict):
             line = json.dumps(obj, separators=(",", ":")).encode() + b"\n"
         elif isinstance(obj, str):
@@ -167,6 +222,7 @@ class BleFeedServer:
             await self._server.wait_closed()
 
     async def _on_client(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
         self._clients.add(writer)
         task = asyncio.current_task()
         if task is not None:

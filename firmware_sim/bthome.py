@@ -5,14 +5,22 @@ Independent of ``drivers`` on purpose: the simulator speaks the protocol from it
 
 Service data UUID 0xFCD2; first byte device information (bit 0 encrypted, bit 2 trigger-based,
 bits 5-7 version = 2), then object id / value pairs in ascending object id order, little-endian.
+
+Encrypted adverts (:func:`encrypt`): the objects are encrypted with AES-CCM under the sensor's
+16-byte bindkey with a 4-byte MIC; nonce = MAC (6 bytes, as written) + ``D2 FC`` + device-info
+byte + counter (4 bytes, little-endian); service data = device-info byte (bit 0 set) +
+ciphertext + counter + MIC.
 """
 
 from __future__ import annotations
+
+from cryptography.hazmat.primitives.ciphers.aead import AESCCM
 
 BTHOME_UUID16 = 0xFCD2
 BTHOME_SERVICE_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
 
 DEVICE_INFO_V2 = 0x40  # version 2, not encrypted, sent at a regular interval
+DEVICE_INFO_ENCRYPTED = 0x01
 DEVICE_INFO_TRIGGER = 0x04
 
 OBJ_PACKET_ID = 0x00  # uint8
@@ -43,3 +51,18 @@ def service_data(
     if charging is not None:
         out += bytes([OBJ_BATTERY_CHARGING, 1 if charging else 0])
     return bytes(out)
+
+
+def encrypt(plain: bytes, *, mac: str, bindkey: bytes, counter: int) -> bytes:
+    """Encrypted service data for the plaintext service data ``plain`` (from
+    :func:`service_data`), as a sensor with ``bindkey`` sends it with AES-CCM counter
+    ``counter``."""
+    if len(bindkey) != 16:
+        raise ValueError("a BTHome bindkey is 16 bytes")
+    if not 0 <= counter <= 0xFFFFFFFF:
+        raise ValueError("the counter is 4 bytes")
+    info = plain[0] | DEVICE_INFO_ENCRYPTED
+    count = counter.to_bytes(4, "little")
+    nonce = bytes.fromhex(mac.replace(":", "")) + b"\xd2\xfc" + bytes([info]) + count
+    sealed = AESCCM(bindkey, tag_length=4).encrypt(nonce, plain[1:], None)
+    return bytes([info]) + sealed[:-4] + count + sealed[-4:]

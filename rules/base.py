@@ -9,7 +9,9 @@ A rule is a plain object with mutable per-device state, driven only by the event
   device event (a sustain threshold, a hysteresis, a silence timeout), or None. The engine uses it
   to pass time to a rule only when the rule needs it, which keeps the per-event cost O(1);
 - ``process(event)``: first fires everything due at or before ``event.ts`` (in time order), then
-  applies the event; returns the alert changes that resulted, oldest first;
+  applies the event; returns the alert changes that resulted, oldest first (any sequence: a
+  rule may return the shared empty :data:`NO_CHANGES` when nothing happened, which saves an
+  allocation per event; callers must not mutate what they get);
 - ``open_episodes()``: the open episodes as last published (the exact values in the last
   ``AlertChange`` for each), e.g. for re-sending after a reconnect;
 - ``finish()``: the episodes still open at the end of input (``cleared_at`` None), with their
@@ -21,6 +23,7 @@ library.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from typing import Protocol
 
@@ -29,6 +32,9 @@ from contract.events import CardSwipe, ChargingSensorReading, MeterReading, Rule
 
 DeviceInput = CardSwipe | MeterReading | ChargingSensorReading
 """The device events rules consume (``RuleInput`` without ``Tick``)."""
+
+NO_CHANGES: tuple[AlertChange, ...] = ()
+"""What ``process`` returns when nothing changed (immutable, shared)."""
 
 
 class Rule(Protocol):
@@ -43,7 +49,7 @@ class Rule(Protocol):
     @property
     def next_due(self) -> datetime | None: ...
 
-    def process(self, event: RuleInput) -> list[AlertChange]: ...
+    def process(self, event: RuleInput) -> Sequence[AlertChange]: ...
 
     def open_episodes(self) -> list[AlertEpisode]: ...
 

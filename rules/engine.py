@@ -19,23 +19,61 @@ Routing, per event, in O(1):
 
 Within one ``process`` call, the changes of each rule are in time order; rules ticked for the
 passage of time come before the rules the event was routed to.
+
+Cost: each event's time is converted to POSIX seconds once (:class:`rules.common.Timebase`,
+shared with the rules :func:`default_rules` builds), and each rule's ``next_due`` datetime is
+converted once per value it takes, so the per-event work is float comparisons, not aware-datetime
+comparisons (which call ``utcoffset`` on both sides when the events' tzinfo objects differ, as
+they do for every line replay parses).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Callable, Sequence
 from datetime import datetime
 
 from contract.alerts import AlertChange, AlertEpisode, AlertKind
 from contract.events import CardSwipe, ChargingSensorReading, MeterReading, RuleInput, Tick
 from contract.site import RulesConfig, Site
 from rules.base import DeviceInput, Rule, episode_order
+from rules.common import Timebase
+from rules.data_silence import DataSilenceRule
 from rules.ebike_charging import EbikeChargingRule
+from rules.ebike_suspected import EbikeChargingSuspectedRule
+from rules.group_rental import GroupRentalRule
+from rules.overload import OverloadRule
 
 
-def default_rules(site: Site, config: RulesConfig, *, scope: str = "") -> list[Rule]:
-    """The rules the agent and replay run (more kinds slot in here as they are written)."""
-    return [EbikeChargingRule(site, config.ebike_charging, scope=scope)]
+def default_rules(
+    site: Site, config: RulesConfig, *, scope: str = "", timebase: Timebase | None = None
+) -> list[Rule]:
+    """The rules the agent and replay run, one per alert kind.
+
+    ``timebase`` is shared by the rules (and the engine) so an event's time is converted once.
+    """
+    tb = timebase or Timebase()
+    return [
+        EbikeChargingRule(site, config.ebike_charging, scope=scope),
+        GroupRentalRule(site, config.suspected_group_rental, scope=scope, timebase=tb),
+        EbikeChargingSuspectedRule(site, config.ebike_charging_suspected, scope=scope, timebase=tb),
+        OverloadRule(site, config.overload, scope=scope, timebase=tb),
+        DataSilenceRule(site, config.data_silence, scope=scope, timebase=tb),
+    ]
+
+
+_Process = Callable[[RuleInput], Sequence[AlertChange]]
+
+
+class _Slot:
+    """A rule and the memo of its ``next_due`` as seconds (converted once per value)."""
+
+    __slots__ = ("due", "due_t", "rule")
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        self.due: datetime | None = None
+        self.due_t = 0.0
 
 
 class RuleEngine:
@@ -53,8 +91,9 @@ class RuleEngine:
         scope: str = "",
         rules: Sequence[Rule] | None = None,
     ) -> None:
+        self._tb = Timebase()
         self._rules: tuple[Rule, ...] = tuple(
-            default_rules(site, config, scope=scope) if rules is None else rules
+            default_rules(site, config, scope=scope, timebase=self._tb) if rules is None else rules
         )
         seen: set[AlertKind] = set()
         for rule in self._rules:
@@ -69,12 +108,24 @@ class RuleEngine:
             MeterReading,
             ChargingSensorReading,
         )
-        self._targets: dict[type[DeviceInput], tuple[Rule, ...]] = {}
-        self._others: dict[type[DeviceInput], tuple[Rule, ...]] = {}
+        slots = {id(r): _Slot(r) for r in self._rules}
+        self._all_slots = tuple(slots[id(r)] for r in self._rules)
+        # Per event type: the bound ``process`` of the rules it goes to (bound once, not per
+        # event), and the rules that only need time to pass.
+        routes: dict[type[DeviceInput], tuple[tuple[_Process, ...], tuple[_Slot, ...]]] = {}
         for cls in device_types:
-            self._targets[cls] = tuple(r for r in self._rules if cls in r.inputs)
-            self._others[cls] = tuple(r for r in self._rules if cls not in r.inputs)
+            routes[cls] = (
+                tuple(r.process for r in self._rules if cls in r.inputs),
+                tuple(slots[id(r)] for r in self._rules if cls not in r.inputs),
+            )
+        unknown: tuple[tuple[_Process, ...], tuple[_Slot, ...]] = ((), self._all_slots)
+        self._unknown = unknown
+        # Known device id -> (rules it goes to, rules that only need time to pass): one lookup.
+        self._meter_routes = dict.fromkeys(self._meter_ids, routes[MeterReading])
+        self._reader_routes = dict.fromkeys(self._reader_ids, routes[CardSwipe])
+        self._sensor_routes = dict.fromkeys(self._sensor_ids, routes[ChargingSensorReading])
         self._now: datetime | None = None
+        self._now_t = -math.inf
         self.ignored = 0
         """Device events for ids the site does not know (and events of unknown types)."""
 
@@ -90,15 +141,21 @@ class RuleEngine:
     def process(self, event: RuleInput) -> list[AlertChange]:
         """Apply one event; return the alert changes it caused, oldest first per rule."""
         ts = event.ts
-        if self._now is None or ts > self._now:
+        tb = self._tb
+        if ts is tb.ts:
+            t = tb.t
+        else:  # Timebase.seconds, inlined: this runs for every event
+            t = tb.t = ts.timestamp()
+            tb.ts = ts
+        if t > self._now_t:
             self._now = ts
-        cls: type[DeviceInput]
-        if type(event) is ChargingSensorReading:
-            cls, known = ChargingSensorReading, event.sensor_id in self._sensor_ids
-        elif type(event) is MeterReading:
-            cls, known = MeterReading, event.meter_id in self._meter_ids
+            self._now_t = t
+        if type(event) is MeterReading:
+            route = self._meter_routes.get(event.meter_id)
         elif type(event) is CardSwipe:
-            cls, known = CardSwipe, event.reader_id in self._reader_ids
+            route = self._reader_routes.get(event.reader_id)
+        elif type(event) is ChargingSensorReading:
+            route = self._sensor_routes.get(event.sensor_id)
         elif type(event) is Tick:
             out: list[AlertChange] = []
             for rule in self._rules:
@@ -107,23 +164,25 @@ class RuleEngine:
         else:
             self.ignored += 1
             return []
-        out = []
-        if known:
-            targets = self._targets[cls]
-            others = self._others[cls]
-        else:
+        if route is None:
             self.ignored += 1
-            targets = ()
-            others = self._rules
+            route = self._unknown
+        targets, others = route
+        out = []
         tick: Tick | None = None
-        for rule in others:
-            due = rule.next_due
-            if due is not None and due <= ts:
+        for slot in others:
+            due = slot.rule.next_due
+            if due is None:
+                continue
+            if due is not slot.due:
+                slot.due = due
+                slot.due_t = due.timestamp()
+            if slot.due_t <= t:
                 if tick is None:
                     tick = Tick(ts)
-                out += rule.process(tick)
-        for rule in targets:
-            out += rule.process(event)
+                out += slot.rule.process(tick)
+        for process in targets:
+            out += process(event)
         return out
 
     def open_episodes(self) -> list[AlertEpisode]:

@@ -140,7 +140,10 @@ async def test_charging_power_unknown_macs_duplicates_and_junk() -> None:
         "unknown_mac": 1,
         "unparseable": 4,
         "duplicates": 1,
+        "decrypt_failed": 0,
+        "replayed": 0,
         "dropped": 0,
+        "scanner_restarts": 0,
     }
     status = driver.device_status()
     assert status["ble-a4c138aa0001"].online and status["ble-a4c138aa0002"].online

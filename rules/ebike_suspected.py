@@ -1,0 +1,858 @@
+"""The ``ebike_charging_suspected`` rule: a flat's meter carries an e-bike charging signature.
+
+Why, and where the defaults come from: charging e-bikes or their batteries inside residential
+buildings is forbidden in Shanghai (上海市非机动车安全管理条例, amended 2024), and the fire that
+follows is the classic night-time killer; most flats have no charging sensor, but every flat has a
+meter. An e-bike charger draws a constant-current (CC) plateau of about 60-300 W (more for illegal
+60 V+ packs; GB 17761-2018 caps packs at 48 V nominal) for 1-6 h, then a constant-voltage (CV)
+taper over 0.5-3 h down to a few watts; cheap chargers have no PFC and a power factor of about
+0.5-0.7 (domain.md). At one reading per 10-60 s only level, duration, taper shape and (when the
+meter reports voltage and current) the power factor are visible; the confounders are a PC or TV
+(a plateau that ends abruptly, PFC-corrected above 75 W by GB 17625.1), a fridge (cycles), a
+washing machine (fluctuates), heaters, cookers and kettles (kW, resistive, short). Thresholds come
+from :class:`contract.site.EbikeChargingSuspectedConfig`.
+
+Signals (per meter, O(1) per reading)
+    A meter whose first reading carries ``voltage_v`` and ``current_a`` is watched on its
+    *non-active* load ``voltage_v * current_a - power_w`` (VA): resistive heaters, kettles and
+    cookers add none, PFC-corrected electronics little, a charger much (a 160 W charger at
+    PF 0.6 adds about 107 VA). Every meter is also watched on its real power. Readings are
+    reduced to ``bin_s`` (5 min) bins: the minimum of each signal, whether the bin is *clean*
+    (no reading rose above the one before by more than ``quiet_w`` / ``quiet_va``: steady, or
+    a ramp down) and *quiet* (all readings within that band plus ``quiet_fraction``), and the
+    largest fall of real power into a new low (counted from below the previous bin's minimum,
+    so a fridge switching off on top of a taper does not count). The *lower envelope* is the
+    lowest clean bin of the trailing ``envelope_s`` (30 min): a kettle, a cooker, a fridge cycle
+    or a washing machine does not lift it; a load that runs without a break for longer than the
+    window (a charger, a PC) does. A reading only updates its bin; the work below happens once
+    per bin, and the envelope is kept incrementally.
+
+Recognition by the non-active plateau (meters with voltage and current)
+    The non-active envelope is decomposed into loads: a rise of ``min_step_va``..``max_step_va``
+    (40-450 VA) is a new charger candidate, unless the simultaneous real-power step gives it a
+    power factor above ``max_pf`` (0.78: fridges, fans, electronics, a shop opening); a drop
+    within ``match_tolerance`` (30 %) of a load's level is that load switched off; other drops
+    are gradual and taper the candidates; small rises are kept apart. Loads may not add up to
+    more than the envelope above the standby floor (otherwise some are gone unseen: dropped).
+    A candidate that has held for ``plateau_hold_s`` (30 min) after it showed in the envelope
+    (so about an hour of charging), still at half its step or more, with at least
+    ``min_quiet_bins`` (3) quiet bins while it was on (a charger draws a steady current), is
+    recognised. A plateau longer than ``max_plateau_s`` (10 h) is another continuous load.
+
+Recognition by the taper (every meter)
+    A *run* is a sequence of bins over which the real-power envelope keeps falling (small rises
+    up to ``taper_rise_fraction`` of the fall so far are tolerated; a pause of ``taper_pause_s``
+    ends it). An appliance switching off (one reading-to-reading fall carrying the bin's fall,
+    at least ``min_step_w``) restarts it. A run is recognised as a CV taper when it has fallen
+    ``min_step_w``..``max_step_w`` (60-500 W) over at least ``min_taper_s`` (10 min) and three
+    bins, no bin carrying more than ``taper_max_drop_fraction`` (60 %) of it, at least
+    ``taper_ramp_fraction`` (50 %) of it as a ramp rather than switch-offs, and the envelope
+    history shows the plateau before it (held near the top for ``min_plateau_s``, 40 min) and
+    the step up before that (down near the level the run fell to, within ``max_plateau_s``).
+
+Raising and clearing
+    The episode is raised at the end of the bin in which the signature was recognised (that is
+    ``raised_at``: on the plateau, or during the taper, always before the session's end). It
+    clears at the end of the session: the charger is down to ``tail_fraction`` (15 %) of its
+    step or to ``tail_va`` (``ended_by`` = "tail"); what is left switches off at
+    once ("switched_off"); the taper exceeds ``max_taper_s`` (4 h, "timeout"); a load rises on
+    top of a taper being followed ("other_load"); or the meter has sent nothing for
+    ``stale_after_s`` (1 h, "silence", ``cleared_at`` = start of its last bin with a reading +
+    ``stale_after_s``). ``cleared_at`` is otherwise the end of the bin that showed it. One
+    session is one episode and a new one needs a new step and plateau, so an alert cannot flap.
+    One episode per meter at a time: a second charger recognised while one is open is raised
+    when the first one's episode clears (if it is still charging).
+
+Time
+    Bins are aligned on multiples of ``bin_s`` in POSIX time and close at the meter's first
+    reading in a later bin, so every change depends on the meter's readings only, never on
+    ticks; the only deadline is the silence of a meter with an open episode, reached at its
+    exact instant and detected at the first event or ``Tick`` at or after it. A reading older
+    than the latest time seen is applied at that time (``late``). Memory per meter is bounded
+    by ``max_plateau_s`` of 5-minute envelope values and at most 8 tracked loads.
+
+Severity and updates
+    ``high`` when any instant from the estimated start to the raise falls in night hours
+    (22:00-06:00 site time: people asleep) or the step is at least ``high_step_w`` (300 W: a pack
+    beyond GB 17761); ``medium`` otherwise. A medium episode whose session runs into the night is
+    escalated to ``high`` (UPDATED, at the first bin closed in night hours); nothing else
+    re-publishes.
+
+Evidence
+    ``step_w`` (the charger's real-power step; None when other loads switched in the same
+    window), ``step_non_active_va`` (its non-active step, non-active meters), ``signal``
+    ("non_active_va" or "power_w"), ``baseline`` (the envelope before the step), ``start`` (ISO,
+    estimated: a window before the step showed), ``plateau_minutes``, ``taper_start`` (ISO or
+    None), ``taper_minutes``, ``level_left`` (what is left of the step), ``power_factor`` (of the
+    step, when known), ``recognised_by`` ("non_active_plateau" or "taper"), ``night`` and
+    ``ended_by`` (None while open).
+
+Subject
+    ``unit_id`` and ``meter_id``. Times in episodes and evidence are in the site's timezone.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Sequence
+from datetime import datetime
+
+from contract.alerts import (
+    AlertChange,
+    AlertEpisode,
+    AlertKind,
+    Change,
+    EvidenceValue,
+    Severity,
+    Subject,
+)
+from contract.events import MeterReading, RuleInput
+from contract.site import EbikeChargingSuspectedConfig, Site
+from rules.base import NO_CHANGES
+from rules.common import Deadlines, SiteCalendar, Timebase, make_episode, r1, r2, restate, site_zone
+
+KIND = AlertKind.EBIKE_CHARGING_SUSPECTED
+
+ENDED_BY_TAIL = "tail"
+ENDED_BY_OFF = "switched_off"
+ENDED_BY_TIMEOUT = "timeout"
+ENDED_BY_SILENCE = "silence"
+ENDED_BY_LOAD = "other_load"
+
+RECOGNISED_BY_TAPER = "taper"
+RECOGNISED_BY_PLATEAU = "non_active_plateau"
+
+SIGNAL_NON_ACTIVE = "non_active_va"
+SIGNAL_POWER = "power_w"
+
+_INF = float("inf")
+_MAX_LOADS = 8
+_MIN_TAPER_BINS = 3
+_STEP_SHARE = 0.7  # a bin's fall is a switch-off when one reading-to-reading fall is this much
+_FLOOR_CREEP = 0.02  # of the step scale per hour: the standby floor follows a slow rise
+_UNKNOWN = 0
+_NON_ACTIVE = 1  # the meter reports voltage and current: work on S - P
+_POWER = 2  # it does not: work on P
+
+
+class _Run:
+    """A run of bins over which the real-power envelope keeps falling (a possible CV taper)."""
+
+    __slots__ = ("bins", "drop", "last", "level0", "load", "max_drop", "ramp", "rise", "t0", "x0")
+
+    def __init__(self, t0: float, level0: float) -> None:
+        self.t0 = t0  # the bin before the decline
+        self.level0 = level0
+        self.drop = 0.0  # total decline so far
+        self.max_drop = 0.0  # largest decline within one bin
+        self.rise = 0.0  # small rises tolerated within the run
+        self.bins = 0  # bins that declined
+        self.ramp = 0.0  # decline in bins where no single reading-to-reading fall carried it
+        self.last = t0  # the latest bin that declined
+        self.load: _Load | None = None  # set once the run is recognised as a taper
+        self.x0 = 0.0  # the non-active envelope at the run's start (meters with current)
+
+    def reset(self, t0: float, level0: float, x0: float) -> None:
+        self.t0 = self.last = t0
+        self.level0 = level0
+        self.x0 = x0
+        self.drop = self.max_drop = self.rise = self.ramp = 0.0
+        self.bins = 0
+        self.load = None
+
+
+class _Load:
+    """A load the state machine tracks on the envelope: a charger candidate or another load."""
+
+    __slots__ = (
+        "base",
+        "charger",
+        "created",
+        "level",
+        "peak",
+        "pf",
+        "quiet",
+        "recognised",
+        "recognised_by",
+        "signal",
+        "start",
+        "step_w",
+        "taper_start",
+    )
+
+    def __init__(self, level: float, start: float, created: float, base: float) -> None:
+        self.level = level  # in the meter's signal (W or VA)
+        self.peak = level
+        self.start = start  # estimated switch-on (the envelope shows a step a window late)
+        self.created = created  # when the envelope showed the step
+        self.base = base
+        self.step_w: float | None = None  # the step in real power, when known
+        self.pf: float | None = None  # power factor of the step, when known
+        self.charger = True
+        self.taper_start: float | None = None  # None while on the plateau
+        self.recognised = False
+        self.recognised_by = ""
+        self.quiet = 0  # quiet bins (nothing switching or fluctuating) seen while it was on
+        self.signal = _NON_ACTIVE  # what level, peak and base are measured in (VA or W)
+
+
+class _Meter:
+    __slots__ = (
+        "bin_end",
+        "bin_last",
+        "bin_max",
+        "bin_min",
+        "bin_pjump",
+        "bin_plast",
+        "bin_pmin",
+        "bin_rose",
+        "creep",
+        "env",
+        "env_p",
+        "env_pt",
+        "env_t",
+        "episode",
+        "excess",
+        "floor",
+        "high",
+        "hist",
+        "index",
+        "last",
+        "last_bin",
+        "loads",
+        "mode",
+        "owner",
+        "prev_env",
+        "prev_p",
+        "prev_t",
+        "quiet_abs",
+        "ring",
+        "run",
+        "scheduled",
+        "subject",
+    )
+
+    def __init__(self, index: int, subject: Subject) -> None:
+        self.index = index
+        self.subject = subject
+        self.mode = _UNKNOWN
+        self.quiet_abs = 0.0  # the quiet threshold of the meter's signal (W or VA)
+        self.creep = 0.0  # how fast the standby floor creeps up (signal units per second)
+        self.bin_end = -_INF  # the first reading opens a bin
+        self.bin_min = _INF  # minimum of the signal in the bin
+        self.bin_pmin = _INF  # minimum real power in the bin
+        self.bin_plast = 0.0  # latest real power in the bin
+        self.bin_pjump = 0.0  # largest fall of real power into a new low (see process)
+        self.bin_max = -_INF
+        self.bin_last = 0.0  # the bin's latest value
+        self.bin_rose = False  # a value in the bin rose above the one before
+        self.last_bin = -_INF  # end of the latest closed bin
+        self.last = 0.0
+        # (bin end, minimum of the signal, real power there, clean): the envelope window
+        self.ring: deque[tuple[float, float, float, bool]] = deque()
+        self.prev_env: float | None = None
+        self.env = self.env_p = _INF  # the lower envelopes of the signal and of real power
+        self.env_t = self.env_pt = 0.0  # end of the bins holding them
+        self.hist: deque[tuple[float, float]] = deque()  # (bin end, real-power envelope)
+        self.run = _Run(0.0, 0.0)
+        self.prev_p = 0.0
+        self.prev_t = 0.0
+        self.loads: list[_Load] = []
+        self.excess = 0.0  # small rises not attributed to a load
+        self.floor = _INF  # standby level: the lowest envelope, creeping up slowly
+        self.episode: AlertEpisode | None = None
+        self.owner: _Load | None = None  # the candidate whose session the episode is
+        self.high = False
+        self.scheduled: float | None = None
+
+
+class EbikeChargingSuspectedRule:
+    """E-bike charging recognised from a flat's meter readings (CC plateau, then CV taper).
+
+    See the module docstring for the signal processing, the state machine and the semantics.
+    """
+
+    kinds: frozenset[AlertKind] = frozenset({KIND})
+    inputs: frozenset[type[MeterReading]] = frozenset({MeterReading})
+
+    def __init__(
+        self,
+        site: Site,
+        config: EbikeChargingSuspectedConfig,
+        *,
+        scope: str = "",
+        timebase: Timebase | None = None,
+    ) -> None:
+        tz = site_zone(site)
+        self._cal = SiteCalendar(tz)
+        self._scope = scope
+        self._tb = timebase or Timebase()
+        self._cfg = config
+        self._bin = config.bin_s
+        self._window = config.envelope_s
+        self._quiet_fraction = config.quiet_fraction
+        self._max_gap = config.max_gap_s
+        self._horizon = config.max_plateau_s + config.envelope_s
+        self._min_step_va = config.min_step_va
+        # the standby floor creeps up by this per second (a share of the smallest step per hour)
+        self._creep = {
+            _POWER: _FLOOR_CREEP * config.min_step_w / 3600.0,
+            _NON_ACTIVE: _FLOOR_CREEP * config.min_step_va / 3600.0,
+            _UNKNOWN: 0.0,
+        }
+        self._meters: dict[str, _Meter] = {}
+        self._by_index: list[_Meter] = []
+        for m in site.meters:
+            st = _Meter(len(self._by_index), Subject(unit_id=m.unit_id, meter_id=m.meter_id))
+            self._meters[m.meter_id] = st
+            self._by_index.append(st)
+        self._deadlines = Deadlines(tz)
+        self._heap = self._deadlines.heap
+        self._now = -_INF
+        self.late = 0
+        """Readings older than the latest time seen (applied at that time)."""
+
+    # -- the Rule interface --------------------------------------------------------------------
+
+    @property
+    def next_due(self) -> datetime | None:
+        return self._deadlines.next_due
+
+    def process(self, event: RuleInput) -> Sequence[AlertChange]:
+        ts = event.ts
+        tb = self._tb
+        t = tb.t if ts is tb.ts else tb.seconds(ts)
+        now = self._now
+        if t > now:
+            self._now = now = t
+        elif t < now:
+            self.late += 1
+        out: list[AlertChange] | None = None
+        heap = self._heap
+        if heap and heap[0][0] <= now:
+            out = []
+            self._advance(now, out)
+        if type(event) is not MeterReading:
+            return out or NO_CHANGES
+        st = self._meters.get(event.meter_id)
+        if st is None:
+            return out or NO_CHANGES
+        volts = event.voltage_v
+        amps = event.current_a
+        power = event.power_w
+        mode = st.mode
+        if mode == _NON_ACTIVE:
+            if volts is None or amps is None:
+                return out or NO_CHANGES  # a reading without current cannot be placed on the signal
+            value = volts * amps - power
+        elif mode == _POWER:
+            value = power
+        else:
+            value = self._set_mode(st, power, volts, amps)
+        if now < st.bin_end:
+            if power < st.bin_pmin:
+                # The fall into a new low, counted from below the envelope: a fridge switching
+                # off on top of a taper does not count, a TV switching off does.
+                last = st.bin_plast
+                fall = (last if last < st.env_p else st.env_p) - power
+                if fall > st.bin_pjump:  # noqa: PLR1730 (hot path: cheaper than max())
+                    st.bin_pjump = fall
+                st.bin_pmin = power
+            st.bin_plast = power
+            if value < st.bin_min:
+                st.bin_min = value
+            elif value > st.bin_max:
+                st.bin_max = value
+            if value > st.bin_last + st.quiet_abs:
+                st.bin_rose = True
+            st.bin_last = value
+            return out or NO_CHANGES
+        if out is None:
+            out = []
+        if st.bin_min < _INF:
+            self._close_bin(st, st.bin_end, out)
+        st.last = now  # the latest bin with a reading began then (enough for the silence)
+        st.bin_end = (now // self._bin + 1.0) * self._bin
+        st.bin_min = st.bin_max = st.bin_last = value
+        last = st.bin_plast
+        st.bin_pjump = max(0.0, (last if last < st.env_p else st.env_p) - power)
+        st.bin_pmin = st.bin_plast = power
+        st.bin_rose = False
+        return out or NO_CHANGES
+
+    def _set_mode(self, st: _Meter, power: float, volts: float | None, amps: float | None) -> float:
+        """The first reading decides the signal: S - P when it carries voltage and current."""
+        if volts is None or amps is None:
+            st.mode = _POWER
+            st.quiet_abs = self._cfg.quiet_w
+            st.creep = self._creep[_POWER]
+            return power
+        st.mode = _NON_ACTIVE
+        st.quiet_abs = self._cfg.quiet_va
+        st.creep = self._creep[_NON_ACTIVE]
+        return volts * amps - power
+
+    def open_episodes(self) -> list[AlertEpisode]:
+        return [st.episode for st in self._by_index if st.episode is not None]
+
+    def finish(self) -> list[AlertEpisode]:
+        now = self._now
+        result: list[AlertEpisode] = []
+        for st in self._by_index:
+            ep, owner = st.episode, st.owner
+            if ep is None or owner is None:
+                continue
+            evidence = self._evidence(st, owner, max(now, st.prev_t), None)
+            result.append(restate(ep, evidence=evidence))
+        return result
+
+    # -- the envelope --------------------------------------------------------------------------
+
+    def _close_bin(self, st: _Meter, end: float, out: list[AlertChange]) -> None:
+        low = st.bin_min
+        quiet = st.bin_max - low <= st.quiet_abs + self._quiet_fraction * (low if low > 0 else 0)
+        clean = quiet or not st.bin_rose  # steady, or a ramp down (a taper, a switch-off)
+        ring = st.ring
+        low_p = st.bin_pmin
+        ring.append((end, low, low_p, clean))
+        # The envelope is kept incrementally: a new clean bin can only lower it; it is
+        # recomputed over the (few) bins of the window only when its minimum leaves.
+        if clean:
+            if low <= st.env:
+                st.env, st.env_t = low, end
+            if low_p <= st.env_p:
+                st.env_p, st.env_pt = low_p, end
+        cutoff = end - self._window
+        rescan = False
+        while ring[0][0] <= cutoff and len(ring) > 1:
+            t_out = ring.popleft()[0]
+            if t_out in (st.env_t, st.env_pt):
+                rescan = True
+        if rescan:
+            env = env_p = _INF
+            env_t = env_pt = 0.0
+            for t_in, lo, lp, cl in ring:
+                if cl:
+                    if lo <= env:
+                        env, env_t = lo, t_in
+                    if lp <= env_p:
+                        env_p, env_pt = lp, t_in
+            st.env, st.env_t, st.env_p, st.env_pt = env, env_t, env_p, env_pt
+        if end - st.last_bin > self._max_gap:
+            st.loads = [x for x in st.loads if x is st.owner]
+            st.excess = 0.0
+            st.prev_env = None
+            st.hist.clear()
+            ring.clear()
+            ring.append((end, low, low_p, clean))
+            st.env = low if clean else _INF
+            st.env_p = low_p if clean else _INF
+            st.env_t = st.env_pt = end
+        st.last_bin = end
+        loads = st.loads
+        if quiet and loads:
+            for load in loads:
+                if low >= load.base + 0.5 * load.level:
+                    load.quiet += 1
+        env, env_p = st.env, st.env_p
+        if env == _INF:
+            return  # no steady bin in the window (cooking, a washing machine): hold
+        prev, prev_p, prev_t = st.prev_env, st.prev_p, st.prev_t
+        st.prev_env, st.prev_p, st.prev_t = env, env_p, end
+        floor = st.floor + st.creep * (end - prev_t)
+        if env < floor:  # noqa: PLR1730
+            floor = env
+        st.floor = floor
+        hist = st.hist
+        hist.append((end, env_p))
+        horizon = end - self._horizon
+        while hist[0][0] < horizon:
+            hist.popleft()
+        run = st.run
+        if prev is None:
+            run.reset(end, env_p, env)
+            return
+        delta_p = env_p - prev_p
+        if run.drop == 0.0 and run.load is None and delta_p >= 0.0:
+            run.t0 = run.last = end  # nothing falling: a taper would start after this bin
+            run.level0 = env_p
+            run.x0 = env
+        else:
+            self._taper_run(st, delta_p, env_p, jump=st.bin_pjump, at=end, out=out)
+        if st.mode == _NON_ACTIVE:
+            delta = env - prev
+            if loads or delta >= self._min_step_va:
+                self._step(st, delta, prev, step_w=delta_p, at=end, out=out)
+                if delta < 0.0 and st.loads:
+                    self._consistent(st, env - floor, end, out)
+            elif delta > 0.0:  # no load tracked: small rises and falls only move the excess
+                st.excess += delta
+            elif delta < 0.0:
+                st.excess = max(0.0, st.excess + delta)
+        if st.episode is not None and not st.high and self._night(end):
+            self._escalate(st, end, out)
+
+    # -- the taper of the real-power envelope --------------------------------------------------
+
+    def _taper_run(
+        self,
+        st: _Meter,
+        delta: float,
+        env_p: float,
+        *,
+        jump: float,
+        at: float,
+        out: list[AlertChange],
+    ) -> None:
+        cfg = self._cfg
+        run = st.run
+        if delta < 0:
+            drop = -delta
+            stepped = jump >= _STEP_SHARE * drop and drop >= cfg.quiet_w
+            if stepped and drop >= cfg.min_step_w and run.load is None:
+                run.reset(at, env_p, st.env)  # an appliance switched off: a taper starts after it
+                return
+            run.drop += drop
+            run.max_drop = max(run.max_drop, drop)
+            run.bins += 1
+            run.last = at
+            if not stepped:
+                run.ramp += drop  # a ramp down, not one appliance switched off
+        elif delta > 0:
+            run.rise += delta
+            if run.rise > max(cfg.quiet_w, cfg.taper_rise_fraction * run.drop):
+                self._end_run(st, at, ENDED_BY_LOAD, out)
+                run.reset(at, env_p, st.env)
+                return
+        if at - run.last >= cfg.taper_pause_s:  # stopped falling
+            self._end_run(st, run.last, ENDED_BY_TAIL, out)
+            run.reset(at, env_p, st.env)
+            return
+        load = run.load
+        if load is not None:
+            load.level = max(0.0, run.level0 - run.drop - load.base)
+            if at - run.t0 > cfg.max_taper_s:
+                self._end_run(st, at, ENDED_BY_TIMEOUT, out)
+                run.reset(at, env_p, st.env)
+            return
+        if (
+            cfg.min_step_w <= run.drop <= cfg.max_step_w
+            and at - run.t0 >= cfg.min_taper_s
+            and run.bins >= _MIN_TAPER_BINS
+            and run.max_drop <= cfg.taper_max_drop_fraction * run.drop
+            and run.ramp >= cfg.taper_ramp_fraction * run.drop
+            and (
+                st.mode != _NON_ACTIVE
+                or run.x0 - st.env <= cfg.taper_non_active_fraction * run.drop
+            )
+        ):
+            found = self._plateau_start(st, run)
+            if found is not None:
+                start, base = found
+                load = _Load(run.level0 - base, start, at, base)
+                load.signal = _POWER
+                load.step_w = load.peak
+                load.taper_start = run.t0
+                load.level = max(0.0, run.level0 - run.drop - base)
+                load.recognised = True
+                load.recognised_by = RECOGNISED_BY_TAPER
+                run.load = load
+                if st.episode is None:
+                    self._raise(st, load, at, out)
+
+    def _plateau_start(self, st: _Meter, run: _Run) -> tuple[float, float] | None:
+        """When the plateau before the run began, and the envelope just before it: going back
+        from the run's start, the envelope held near the run's top (other loads on top do not
+        matter) for at least ``min_plateau_s``, back to a step up of most of the run's fall
+        (within ``max_plateau_s``). None when the history does not show a step, a plateau and a
+        taper: a base load that faded, or lights going out one by one, have no such step."""
+        cfg = self._cfg
+        tol = cfg.plateau_tolerance * 2.0 * run.drop
+        held = run.level0 - tol
+        rise = run.drop - tol
+        plateau_from = run.t0 - cfg.min_plateau_s
+        earliest = run.t0 - cfg.max_plateau_s
+        later = run.level0
+        for t, level in reversed(st.hist):
+            if t > run.t0:
+                continue
+            if t < earliest:
+                return None
+            if t < plateau_from and later - level >= rise:
+                return t, level  # the step up: the session started after this bin
+            if level < held:
+                return None  # the plateau did not hold
+            later = level
+        return None
+
+    def _end_run(self, st: _Meter, at: float, ended_by: str, out: list[AlertChange]) -> None:
+        load = st.run.load
+        if load is None or load is not st.owner:
+            return
+        ep = st.episode
+        assert ep is not None
+        self._clear(st, load, max(at, ep.raised_at.timestamp()), ended_by, out)
+
+    # -- the state machine ---------------------------------------------------------------------
+
+    def _step(
+        self,
+        st: _Meter,
+        delta: float,
+        prev: float,
+        *,
+        step_w: float,
+        at: float,
+        out: list[AlertChange],
+    ) -> None:
+        cfg = self._cfg
+        if delta >= cfg.min_step_va:
+            if len(st.loads) >= _MAX_LOADS:
+                self._evict(st)
+            load = _Load(delta, at - max(self._window, self._bin), at, prev)
+            load.charger = delta <= cfg.max_step_va
+            load.quiet = sum(1 for entry in st.ring if entry[3])
+            # The power factor of the step: too high, it is a fridge, a fan, electronics with
+            # PFC, or a whole shop opening. A real-power step that fell (a heater switched off in
+            # the same window) leaves it unknown.
+            if step_w > 0:
+                load.pf = step_w / (step_w + delta)
+                if load.pf > cfg.max_pf:
+                    load.charger = False
+                if step_w <= 1.5 * cfg.max_step_w:
+                    load.step_w = step_w
+            st.loads.append(load)
+        elif delta > 0:
+            st.excess += delta
+        elif delta < 0:
+            drop = -delta
+            match = self._match(st, drop)
+            if match is None:
+                self._decline(st, drop, at, out)
+            else:
+                st.loads.remove(match)
+                if match.level > drop:
+                    st.excess += match.level - drop
+                if match is st.owner:
+                    self._clear(st, match, at, ENDED_BY_OFF, out)
+        self._housekeeping(st, at, out)
+
+    def _consistent(self, st: _Meter, room: float, at: float, out: list[AlertChange]) -> None:
+        """Loads cannot add up to more than the envelope above the standby floor: when they do,
+        some are gone unseen (or never were): drop other loads first, then unrecognised
+        candidates (youngest first), then the session of the open episode."""
+        total = sum(load.level for load in st.loads)
+        slack = max(self._cfg.min_step_va / 3.0, 0.2 * total)
+        if total <= room + slack:
+            st.excess = min(st.excess, max(0.0, room - total))
+            return
+        order = sorted(
+            st.loads,
+            key=lambda x: (x is st.owner, x.recognised, x.charger, x.created),
+        )
+        for load in order:
+            if total <= room + slack:
+                break
+            st.loads.remove(load)
+            total -= load.level
+            if load is st.owner:
+                self._clear(st, load, at, ENDED_BY_OFF, out)
+        st.excess = 0.0
+
+    def _match(self, st: _Meter, drop: float) -> _Load | None:
+        """The load that switched off, when a drop matches one's level."""
+        tol = self._cfg.match_tolerance
+        best: _Load | None = None
+        best_err = _INF
+        for load in st.loads:
+            level = load.level
+            if level <= 0:
+                continue
+            err = abs(level - drop) / level
+            if err <= tol and err < best_err:
+                best, best_err = load, err
+        return best
+
+    def _decline(self, st: _Meter, drop: float, at: float, out: list[AlertChange]) -> None:
+        """A gradual drop: tapering candidates first, then small rises, then plateaus."""
+        cfg = self._cfg
+        cap = cfg.taper_step_fraction
+        for load in st.loads:
+            if drop <= 0:
+                break
+            if load.charger and load.taper_start is not None:
+                take = min(load.level, drop, cap * load.peak)
+                load.level -= take
+                drop -= take
+        take = min(st.excess, drop)
+        st.excess -= take
+        drop -= take
+        for load in st.loads[:]:
+            if drop <= 0:
+                break
+            if not load.charger or load.taper_start is not None:
+                continue
+            take = min(load.level, drop, cap * load.peak)
+            load.level -= take
+            drop -= take
+            if load.level < (1.0 - cfg.plateau_tolerance) * load.peak:
+                if at - load.start < cfg.min_plateau_s:
+                    st.loads.remove(load)  # fell before its plateau held: not a CC phase
+                    continue
+                load.taper_start = at - self._bin
+        for load in st.loads[:]:
+            if load.charger and load.taper_start is not None:
+                self._taper(st, load, at, out)
+
+    def _taper(self, st: _Meter, load: _Load, at: float, out: list[AlertChange]) -> None:
+        """A candidate tapering in the non-active signal: its session ends at the tail (it is
+        recognised by its plateau; tapers are recognised on real power, see _taper_run)."""
+        cfg = self._cfg
+        if load.level <= max(cfg.tail_va, cfg.tail_fraction * load.peak):
+            st.loads.remove(load)
+            if load is st.owner:
+                self._clear(st, load, at, ENDED_BY_TAIL, out)
+
+    def _housekeeping(self, st: _Meter, at: float, out: list[AlertChange]) -> None:
+        cfg = self._cfg
+        for load in st.loads[:]:
+            if not load.charger:
+                continue
+            if load.taper_start is None:
+                if at - load.start > cfg.max_plateau_s:
+                    load.charger = False  # a continuous load, not a charger
+                elif (
+                    st.mode == _NON_ACTIVE
+                    and not load.recognised
+                    and at - load.created >= cfg.plateau_hold_s
+                    and load.level >= cfg.recognise_fraction * load.peak
+                    and load.quiet >= cfg.min_quiet_bins
+                ):
+                    self._recognise(st, load, at, RECOGNISED_BY_PLATEAU, out)
+            elif at - load.taper_start > cfg.max_taper_s:
+                st.loads.remove(load)
+                if load is st.owner:
+                    self._clear(st, load, at, ENDED_BY_TIMEOUT, out)
+        if st.episode is None:
+            for load in st.loads:
+                if load.recognised and load.charger:  # another session still going
+                    self._raise(st, load, at, out)
+                    break
+
+    def _recognise(
+        self, st: _Meter, load: _Load, at: float, by: str, out: list[AlertChange]
+    ) -> None:
+        load.recognised = True
+        load.recognised_by = by
+        if st.episode is None:
+            self._raise(st, load, at, out)
+
+    @staticmethod
+    def _evict(st: _Meter) -> None:
+        for load in st.loads:
+            if load is not st.owner:
+                st.loads.remove(load)
+                return
+
+    # -- deadlines (silence of a meter with an open episode) -----------------------------------
+
+    def _reschedule(self, st: _Meter) -> None:
+        if st.episode is None:
+            return
+        at = st.last + self._cfg.stale_after_s
+        if st.scheduled is None or at < st.scheduled:
+            st.scheduled = at
+            self._deadlines.push(at, st.index)
+
+    def _advance(self, now: float, out: list[AlertChange]) -> None:
+        deadlines = self._deadlines
+        heap = deadlines.heap
+        meters = self._by_index
+        stale = self._cfg.stale_after_s
+        while heap and heap[0][0] <= now:
+            due, index = deadlines.pop()
+            st = meters[index]
+            if st.scheduled != due:
+                continue
+            st.scheduled = None
+            if st.episode is None or st.owner is None:
+                continue
+            at = st.last + stale
+            if at <= due:
+                owner = st.owner
+                if owner in st.loads:
+                    st.loads.remove(owner)
+                self._clear(st, owner, at, ENDED_BY_SILENCE, out)
+            else:
+                st.scheduled = at
+                deadlines.push(at, index)
+
+    # -- episodes ------------------------------------------------------------------------------
+
+    def _night(self, t: float) -> bool:
+        cfg = self._cfg
+        return self._cal.in_hours(t, cfg.night_start_hour, cfg.night_end_hour)
+
+    def _raise(self, st: _Meter, load: _Load, at: float, out: list[AlertChange]) -> None:
+        cfg = self._cfg
+        high = (
+            load.step_w is not None and load.step_w >= cfg.high_step_w
+        ) or self._cal.hours_between(load.start, at, cfg.night_start_hour, cfg.night_end_hour)
+        st.high = high
+        st.owner = load
+        ep = make_episode(
+            KIND,
+            Severity.HIGH if high else Severity.MEDIUM,
+            st.subject,
+            raised_at=self._cal.dt(at),
+            evidence=self._evidence(st, load, at, None),
+            scope=self._scope,
+        )
+        st.episode = ep
+        out.append(AlertChange(Change.RAISED, ep))
+        self._reschedule(st)
+
+    def _escalate(self, st: _Meter, at: float, out: list[AlertChange]) -> None:
+        ep, owner = st.episode, st.owner
+        assert ep is not None
+        assert owner is not None
+        st.high = True
+        new = restate(ep, severity=Severity.HIGH, evidence=self._evidence(st, owner, at, None))
+        st.episode = new
+        out.append(AlertChange(Change.UPDATED, new))
+
+    def _clear(
+        self, st: _Meter, load: _Load, at: float, ended_by: str, out: list[AlertChange]
+    ) -> None:
+        ep = st.episode
+        assert ep is not None
+        cleared = restate(
+            ep, evidence=self._evidence(st, load, at, ended_by), cleared_at=self._cal.dt(at)
+        )
+        out.append(AlertChange(Change.CLEARED, cleared))
+        st.episode = None
+        st.owner = None
+        st.high = False
+
+    def _evidence(
+        self, st: _Meter, load: _Load, until: float, ended_by: str | None
+    ) -> dict[str, EvidenceValue]:
+        cal = self._cal
+        cfg = self._cfg
+        taper_start = load.taper_start if load.taper_start is not None else until
+        non_active = load.signal == _NON_ACTIVE
+        return {
+            "step_w": r1(load.step_w) if load.step_w is not None else None,
+            "step_non_active_va": r1(load.peak) if non_active else None,
+            "signal": SIGNAL_NON_ACTIVE if non_active else SIGNAL_POWER,
+            "baseline": r1(load.base),
+            "start": cal.iso(load.start),
+            "plateau_minutes": r1((taper_start - load.start) / 60.0),
+            "taper_start": cal.iso(load.taper_start),
+            "taper_minutes": r1(max(0.0, until - taper_start) / 60.0),
+            "level_left": r1(load.level),
+            "power_factor": r2(min(load.pf, 1.0)) if load.pf is not None else None,
+            "recognised_by": load.recognised_by,
+            "night": cal.hours_between(load.start, until, cfg.night_start_hour, cfg.night_end_hour),
+            "ended_by": ended_by,
+        }

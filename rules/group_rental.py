@@ -1,0 +1,655 @@
+"""The ``suspected_group_rental`` rule: a flat lived in by more people than the law allows.
+
+Why, and where the defaults come from (domain.md's regulation table): a let flat may house at
+most 2 persons per room, families excepted, and must give each person at least 5 m² of living
+area (上海市居住房屋租赁管理办法, 2014 amendment; Suzhou and Hangzhou use 4 m² of usable area);
+10 or more residents in one unit is a group rental by count (seed 002, Changzhou 2019). Seed 000
+asks for exactly this: entrance card swipe frequency as the base data of an algorithm that raises
+suspected-group-rental warnings for offline verification (线上预警、线下核查、联合整治). The rule
+fuses that occupancy estimate with the flat's load curve, because electricity alone confuses group
+rentals with shops and large families (about 55 % precision at State Grid Jiangsu). Thresholds
+come from :class:`contract.site.GroupRentalConfig`.
+
+What it computes, once a day at local midnight, over the last ``window_days`` (7) local days:
+
+Occupants
+    A card registered to the flat (``site.cards``) counts when it was used on at least
+    ``min_active_days`` (3) days of the window. A card's rate is its swipes per active day; the
+    building's norm is the median rate of its counted cards. A card whose rate is at least
+    ``shared_card_ratio`` (2.5) times that norm is a *shared card* and stands for
+    ``round(rate / norm)`` persons (at most ``max_persons_per_card``); every other counted card
+    stands for one. ``estimated_occupants`` is the sum. Children and others without a card are
+    not seen, so the estimate errs low.
+
+Signals (``signals`` lists them; each counts once, however many limits it covers)
+    ``density``: the estimate above ``max_persons_per_room`` (2) per room, or below
+    ``min_area_per_person_m2`` (5 m²) each, or at ``max_residents`` (10) or more, where rooms /
+    area are known (``density_limits`` says which). ``swipes``: the flat's swipes per day (its
+    registered cards) at least ``swipes_min_ratio`` (1.5) times the median of the building's
+    occupied flats and above median + ``swipes_mad_k`` (1) x MAD x 1.4826 (a robust z-score).
+    ``shared_cards``: at least one shared card. ``load``: the flat's daily energy and its evening
+    peak-to-valley spread (mean power 18-23 h minus mean power 2-5 h) both at least
+    ``load_ratio`` (1.3) times the median of similar flats (same building, same number of rooms
+    when at least 5 such flats have data, else the whole building). ``hidden_tenants``: that
+    load at least ``hidden_load_ratio`` (2) times similar flats' in a building where at least
+    ``hidden_min_unregistered`` (2) unregistered cards are in daily use.
+
+Families
+    When the flat's ``registered_occupants`` is known and the estimate does not exceed it by
+    more than ``family_margin`` (0), the occupancy is the registered household's: families are
+    exempt from the density limits however large, and the flat is not flagged whatever its
+    usage (``explained_by_registration`` in the evidence).
+
+Unregistered cards
+    A card not in ``site.cards`` used on at least ``unregistered_min_days`` (3) days at a
+    reader is an unregistered card in daily use. Nothing in the data ties it to a flat: tying it
+    through the load that rises after its swipes needs look-ahead over every meter of the
+    building and was found unreliable on labelled data (neighbours come home at the same hours),
+    so the rule keeps it as building-level corroboration: ``unregistered_cards`` in the evidence
+    is the count for the flat's building, and it counts only through ``hidden_tenants``.
+
+Raising, updates, clearing
+    A flat is suspected when at least ``min_signals`` (2) signals agree and it is not explained
+    by its registration. No evaluation happens before ``warmup_days`` (5) complete local days
+    have been seen (a first day that starts after 06:00 local time is partial and not counted).
+    The episode is raised at the ``raise_after_days``-th (2nd) consecutive evaluation that
+    suspects the flat, ``raised_at`` = that evaluation's time (the local midnight ending the last
+    day of the window). Severity: ``low`` for one signal (only with ``min_signals`` = 1),
+    ``medium`` for two, ``high`` for three or more; it never de-escalates within an episode. An
+    open episode is re-published (UPDATED) only when the severity rises or the occupant estimate
+    moves by ``occupants_update_step`` (2) or more from the last published figure. It clears
+    after ``clear_after_days`` (3) consecutive evaluations that do not suspect it,
+    ``cleared_at`` = the first of them, ``ended_by`` = "signals_gone". The 7-day window and
+    these two hysteresis counts are the rule's minimum episode length: a flat cannot flap from
+    one day to the next.
+
+Evidence
+    ``estimated_occupants``, ``registered_occupants``, ``rooms``, ``floor_area_m2``,
+    ``persons_per_room``, ``area_per_person_m2``, ``density_limits``,
+    ``explained_by_registration``, ``active_cards``, ``swipes_per_day``,
+    ``building_norm_swipes_per_day`` (median), ``building_mad_swipes_per_day``,
+    ``card_norm_swipes_per_day`` (median swipes of one card on a day it is used),
+    ``shared_cards``, ``unregistered_cards`` (building), ``evening_peak_w``, ``valley_w``,
+    ``daily_kwh``, ``daily_kwh_peer_median``, ``evening_spread_peer_median_w``, ``signals``
+    (comma-separated names), ``signal_count``, ``window_days``, ``evaluated_at`` (ISO) and
+    ``ended_by``. Figures that cannot be computed (no meter, unknown rooms) are None.
+
+Time and cost
+    Days are local days of the site's timezone. A swipe costs a dictionary lookup and two
+    counter increments; a meter reading costs one comparison except once per ``_SAMPLE_S``
+    (5 min) per meter, when its power is added to the day's sums. Memory is bounded by the site
+    (one ring of ``window_days`` counters per card and per flat) plus the unregistered cards seen
+    in the window (cards with no use in the window are forgotten).
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from collections.abc import Sequence
+from datetime import datetime
+from statistics import median
+
+from contract.alerts import (
+    AlertChange,
+    AlertEpisode,
+    AlertKind,
+    Change,
+    EvidenceValue,
+    Severity,
+    Subject,
+)
+from contract.events import CardSwipe, MeterReading, RuleInput
+from contract.site import GroupRentalConfig, Site, Unit
+from rules.base import NO_CHANGES
+from rules.common import (
+    SEVERITY_RANK,
+    SiteCalendar,
+    Timebase,
+    make_episode,
+    r1,
+    r2,
+    restate,
+    site_zone,
+)
+
+KIND = AlertKind.SUSPECTED_GROUP_RENTAL
+ENDED_BY_GONE = "signals_gone"
+
+_SAMPLE_S = 300.0
+_MIN_DAY_SAMPLES = 144  # half a day of 5-minute samples makes a day's load figures usable
+_PARTIAL_FIRST_DAY_S = 6 * 3600.0
+_MIN_PEERS = 5
+_MAD_SCALE = 1.4826
+
+SIG_DENSITY = "density"
+SIG_SWIPES = "swipes"
+SIG_SHARED = "shared_cards"
+SIG_LOAD = "load"
+SIG_HIDDEN = "hidden_tenants"
+
+
+class _Card:
+    __slots__ = ("days", "flat", "today")
+
+    def __init__(self, flat: _Flat | None, window: int) -> None:
+        self.flat = flat
+        self.today = 0
+        self.days: deque[int] = deque(maxlen=window)
+
+
+class _Meter:
+    """5-minute samples of one flat's power for the current day, and per-day figures."""
+
+    __slots__ = ("days", "ev_n", "ev_sum", "n", "next_sample", "total", "va_n", "va_sum")
+
+    def __init__(self, window: int) -> None:
+        self.next_sample = 0.0
+        self.n = 0
+        self.total = 0.0
+        self.ev_n = 0
+        self.ev_sum = 0.0
+        self.va_n = 0
+        self.va_sum = 0.0
+        # per day: (mean power W, evening mean W, valley mean W), None when too few samples
+        self.days: deque[tuple[float, float | None, float | None] | None] = deque(maxlen=window)
+
+
+class _Flat:
+    __slots__ = (
+        "building",
+        "cards",
+        "days",
+        "episode",
+        "evidence",
+        "fail_since",
+        "fails",
+        "index",
+        "meter",
+        "published_est",
+        "streak",
+        "subject",
+        "today",
+        "unit",
+    )
+
+    def __init__(self, index: int, unit: Unit, window: int) -> None:
+        self.index = index
+        self.unit = unit
+        self.building = unit.building
+        self.subject = Subject(unit_id=unit.unit_id)
+        self.cards: list[_Card] = []
+        self.today = 0  # swipes of the flat's registered cards today
+        self.days: deque[int] = deque(maxlen=window)
+        self.meter: _Meter | None = None
+        self.episode: AlertEpisode | None = None
+        self.evidence: dict[str, EvidenceValue] | None = None  # latest evaluation while open
+        self.published_est = 0
+        self.fails = 0
+        self.fail_since: float | None = None
+        self.streak = 0  # consecutive evaluations that found the flat suspected (no episode)
+
+
+class _Figures:
+    """One flat's figures at an evaluation."""
+
+    __slots__ = (
+        "active_cards",
+        "daily_kwh",
+        "est",
+        "evening",
+        "shared",
+        "spread",
+        "swipes_per_day",
+        "valley",
+    )
+
+    def __init__(self) -> None:
+        self.est = 0
+        self.active_cards = 0
+        self.shared = 0
+        self.swipes_per_day = 0.0
+        self.daily_kwh: float | None = None
+        self.evening: float | None = None
+        self.valley: float | None = None
+        self.spread: float | None = None
+
+
+class _Norms:
+    """The building's figures a flat is judged against at one evaluation."""
+
+    __slots__ = ("card", "days", "kwh", "mad", "spread", "swipes", "unregistered")
+
+    def __init__(
+        self,
+        *,
+        swipes: float,
+        mad: float,
+        card: float | None,
+        unregistered: int,
+        kwh: float | None,
+        spread: float | None,
+        days: int,
+    ) -> None:
+        self.swipes = swipes
+        self.mad = mad
+        self.card = card
+        self.unregistered = unregistered
+        self.kwh = kwh
+        self.spread = spread
+        self.days = days
+
+
+class GroupRentalRule:
+    """Suspected group rental per flat from card swipes, corroborated by the load curve.
+
+    Defaults follow 上海市居住房屋租赁管理办法 (2 persons per room, 5 m² per person) and seed
+    002 (10 residents); see the module docstring for the exact semantics.
+    """
+
+    kinds: frozenset[AlertKind] = frozenset({KIND})
+    inputs: frozenset[type[CardSwipe | MeterReading]] = frozenset({CardSwipe, MeterReading})
+
+    def __init__(
+        self,
+        site: Site,
+        config: GroupRentalConfig,
+        *,
+        scope: str = "",
+        timebase: Timebase | None = None,
+    ) -> None:
+        tz = site_zone(site)
+        self._cal = SiteCalendar(tz)
+        self._scope = scope
+        self._tb = timebase or Timebase()
+        self._cfg = config
+        window = config.window_days
+        self._window = window
+        self._flats: list[_Flat] = []
+        flat_of: dict[str, _Flat] = {}
+        for unit in site.units:
+            flat = _Flat(len(self._flats), unit, window)
+            self._flats.append(flat)
+            flat_of[unit.unit_id] = flat
+        self._cards: dict[str, _Card] = {}
+        for reg in site.cards:
+            flat = flat_of[reg.unit_id]
+            card = _Card(flat, window)
+            flat.cards.append(card)
+            self._cards[reg.card] = card
+        self._meters: dict[str, _Meter] = {}
+        for m in site.meters:
+            meter = _Meter(window)
+            flat_of[m.unit_id].meter = meter
+            self._meters[m.meter_id] = meter
+        self._reader_building = {r.reader_id: r.building for r in site.readers}
+        self._loose: dict[str, dict[str, _Card]] = {r.building: {} for r in site.readers}
+        self._buildings: dict[str, list[_Flat]] = {}
+        for flat in self._flats:
+            self._buildings.setdefault(flat.building, []).append(flat)
+        self._day_start = 0.0
+        self._day_end = -math.inf  # before the first event
+        self._due_dt: datetime | None = None
+        self._partial = False
+        self._days_seen = 0
+        self._now = -math.inf
+
+    # -- the Rule interface --------------------------------------------------------------------
+
+    @property
+    def next_due(self) -> datetime | None:
+        return self._due_dt
+
+    def process(self, event: RuleInput) -> Sequence[AlertChange]:
+        ts = event.ts
+        tb = self._tb
+        t = tb.t if ts is tb.ts else tb.seconds(ts)
+        now = self._now
+        out: list[AlertChange] | None = None
+        if t > now:
+            self._now = now = t
+            if now >= self._day_end:
+                if self._day_end == -math.inf:
+                    self._begin(now)
+                else:
+                    out = []
+                    self._roll(now, out)
+        if type(event) is MeterReading:
+            meter = self._meters.get(event.meter_id)
+            if meter is not None and now >= meter.next_sample:  # one reading per 5 minutes
+                self._sample(meter, event.power_w, now)
+        elif type(event) is CardSwipe:
+            self._swipe(event)
+        return out or NO_CHANGES
+
+    def open_episodes(self) -> list[AlertEpisode]:
+        return [f.episode for f in self._flats if f.episode is not None]
+
+    def finish(self) -> list[AlertEpisode]:
+        return [
+            restate(f.episode, evidence=f.evidence or f.episode.evidence)
+            for f in self._flats
+            if f.episode is not None
+        ]
+
+    # -- events --------------------------------------------------------------------------------
+
+    def _sample(self, meter: _Meter, power: float, now: float) -> None:
+        meter.next_sample = (now // _SAMPLE_S + 1.0) * _SAMPLE_S
+        meter.n += 1
+        meter.total += power
+        cfg = self._cfg
+        hour = int((now - self._day_start) // 3600.0)
+        if cfg.evening_start_hour <= hour < cfg.evening_end_hour:
+            meter.ev_n += 1
+            meter.ev_sum += power
+        elif cfg.valley_start_hour <= hour < cfg.valley_end_hour:
+            meter.va_n += 1
+            meter.va_sum += power
+
+    def _swipe(self, event: CardSwipe) -> None:
+        card = self._cards.get(event.card)
+        if card is not None:
+            card.today += 1
+            flat = card.flat
+            assert flat is not None
+            flat.today += 1
+            return
+        loose_cards = self._loose.get(self._reader_building.get(event.reader_id, ""))
+        if loose_cards is None:
+            return
+        loose = loose_cards.get(event.card)
+        if loose is None:
+            loose = loose_cards[event.card] = _Card(None, self._window)
+        loose.today += 1
+
+    # -- days ----------------------------------------------------------------------------------
+
+    def _begin(self, now: float) -> None:
+        cal = self._cal
+        self._day_start = cal.day_start(now)
+        self._partial = now - self._day_start > _PARTIAL_FIRST_DAY_S
+        self._set_day_end(cal.next_day_start(now))
+
+    def _set_day_end(self, day_end: float) -> None:
+        self._day_end = day_end
+        self._due_dt = self._cal.dt(day_end)
+
+    def _roll(self, now: float, out: list[AlertChange]) -> None:
+        """Close every local day that ended at or before ``now``, evaluating after each."""
+        day_end = self._day_end
+        while day_end <= now:
+            self._close_day(keep=not self._partial)
+            if not self._partial:
+                self._days_seen += 1
+                if self._days_seen >= self._cfg.warmup_days:
+                    self._evaluate(day_end, out)
+            self._partial = False
+            self._day_start = day_end
+            day_end = self._cal.next_day_start(day_end)
+        self._set_day_end(day_end)
+
+    def _close_day(self, *, keep: bool) -> None:
+        for card in self._cards.values():
+            if keep:
+                card.days.append(card.today)
+            card.today = 0
+        for flat in self._flats:
+            if keep:
+                flat.days.append(flat.today)
+            flat.today = 0
+        for meter in self._meters.values():
+            if keep:
+                meter.days.append(
+                    (
+                        meter.total / meter.n,
+                        meter.ev_sum / meter.ev_n if meter.ev_n else None,
+                        meter.va_sum / meter.va_n if meter.va_n else None,
+                    )
+                    if meter.n >= _MIN_DAY_SAMPLES
+                    else None
+                )
+            meter.n = meter.ev_n = meter.va_n = 0
+            meter.total = meter.ev_sum = meter.va_sum = 0.0
+        for loose_cards in self._loose.values():
+            for card_id in list(loose_cards):
+                card = loose_cards[card_id]
+                if keep:
+                    card.days.append(card.today)
+                card.today = 0
+                if not any(card.days):
+                    del loose_cards[card_id]
+
+    # -- evaluation ----------------------------------------------------------------------------
+
+    def _evaluate(self, at: float, out: list[AlertChange]) -> None:
+        cfg = self._cfg
+        n_days = min(self._window, self._days_seen)
+        min_active = min(cfg.min_active_days, n_days)
+        # Per-card rates (swipes on the days a card is used), for the norm of one person.
+        rates: dict[int, list[float]] = {}
+        site_rates: list[float] = []
+        for flat in self._flats:
+            flat_rates = rates.setdefault(flat.index, [])
+            for card in flat.cards:
+                active = sum(1 for d in card.days if d)
+                if active >= min_active:
+                    flat_rates.append(sum(card.days) / active)
+            site_rates += flat_rates
+        site_card_norm = median(site_rates) if site_rates else None
+        for building, flats in sorted(self._buildings.items()):
+            b_rates = [r for f in flats for r in rates[f.index]]
+            card_norm = median(b_rates) if len(b_rates) >= _MIN_PEERS else site_card_norm
+            figures = [self._figures(f, rates[f.index], card_norm, n_days) for f in flats]
+            occupied = [x.swipes_per_day for x in figures if x.active_cards]
+            norm = median(occupied) if occupied else 0.0
+            mad = median(abs(x - norm) for x in occupied) if occupied else 0.0
+            unregistered = sum(
+                1
+                for card in self._loose.get(building, {}).values()
+                if sum(1 for d in card.days if d) >= cfg.unregistered_min_days
+            )
+            for flat, fig in zip(flats, figures, strict=True):
+                peers = [
+                    x
+                    for f, x in zip(flats, figures, strict=True)
+                    if f.unit.rooms == flat.unit.rooms and x.daily_kwh is not None
+                ]
+                if len(peers) < _MIN_PEERS:
+                    peers = [x for x in figures if x.daily_kwh is not None]
+                kwh_med = (
+                    median(x.daily_kwh for x in peers if x.daily_kwh is not None) if peers else None
+                )
+                spreads = [x.spread for x in peers if x.spread is not None]
+                spread_med = median(spreads) if spreads else None
+                norms = _Norms(
+                    swipes=norm,
+                    mad=mad,
+                    card=card_norm,
+                    unregistered=unregistered,
+                    kwh=kwh_med,
+                    spread=spread_med,
+                    days=n_days,
+                )
+                self._judge(flat, fig, at, out, norms=norms)
+
+    def _figures(
+        self, flat: _Flat, card_rates: list[float], card_norm: float | None, n_days: int
+    ) -> _Figures:
+        cfg = self._cfg
+        fig = _Figures()
+        fig.active_cards = len(card_rates)
+        est = 0
+        for rate in card_rates:
+            if card_norm and rate >= cfg.shared_card_ratio * card_norm:
+                fig.shared += 1
+                est += min(cfg.max_persons_per_card, max(2, round(rate / card_norm)))
+            else:
+                est += 1
+        fig.est = est
+        fig.swipes_per_day = sum(flat.days) / n_days if n_days else 0.0
+        meter = flat.meter
+        if meter is not None:
+            days = [d for d in meter.days if d is not None]
+            if days:
+                fig.daily_kwh = sum(d[0] for d in days) / len(days) * 24.0 / 1000.0
+                evenings = [d[1] for d in days if d[1] is not None]
+                valleys = [d[2] for d in days if d[2] is not None]
+                if evenings:
+                    fig.evening = sum(evenings) / len(evenings)
+                if valleys:
+                    fig.valley = sum(valleys) / len(valleys)
+                if fig.evening is not None and fig.valley is not None:
+                    fig.spread = fig.evening - fig.valley
+        return fig
+
+    def _judge(
+        self,
+        flat: _Flat,
+        fig: _Figures,
+        at: float,
+        out: list[AlertChange],
+        *,
+        norms: _Norms,
+    ) -> None:
+        cfg = self._cfg
+        flagged, n_signals, evidence = self._assess(flat, fig, at, norms)
+        est = fig.est
+        ep = flat.episode
+        if ep is None:
+            flat.streak = flat.streak + 1 if flagged else 0
+            if flat.streak >= cfg.raise_after_days:
+                self._raise(flat, at, evidence=evidence, est=est, n_signals=n_signals, out=out)
+            return
+        if flagged:
+            flat.fails = 0
+            flat.fail_since = None
+            flat.evidence = evidence
+            severity = _severity(n_signals)
+            if SEVERITY_RANK[severity] <= SEVERITY_RANK[ep.severity]:
+                severity = ep.severity
+            if severity is not ep.severity or abs(est - flat.published_est) >= (
+                cfg.occupants_update_step
+            ):
+                new = restate(ep, severity=severity, evidence=evidence)
+                flat.episode = new
+                flat.published_est = est
+                out.append(AlertChange(Change.UPDATED, new))
+            return
+        flat.fails += 1
+        if flat.fail_since is None:
+            flat.fail_since = at
+        if flat.fails < cfg.clear_after_days:
+            flat.evidence = evidence
+            return
+        evidence["ended_by"] = ENDED_BY_GONE
+        cleared = restate(ep, evidence=evidence, cleared_at=self._cal.dt(flat.fail_since))
+        out.append(AlertChange(Change.CLEARED, cleared))
+        flat.episode = None
+        flat.evidence = None
+        flat.fails = 0
+        flat.fail_since = None
+        flat.streak = 0
+
+    def _assess(
+        self, flat: _Flat, fig: _Figures, at: float, norms: _Norms
+    ) -> tuple[bool, int, dict[str, EvidenceValue]]:
+        """Whether the flat is suspected now, how many signals agree, and the evidence."""
+        cfg = self._cfg
+        unit = flat.unit
+        est = fig.est
+        rooms, area, registered = unit.rooms, unit.floor_area_m2, unit.registered_occupants
+        explained = registered is not None and est <= registered + cfg.family_margin
+        limits: list[str] = []
+        if est:
+            if rooms is not None and est > cfg.max_persons_per_room * rooms:
+                limits.append("rooms")
+            if area is not None and area / est < cfg.min_area_per_person_m2:
+                limits.append("area")
+            if est >= cfg.max_residents:
+                limits.append("count")
+        signals: list[str] = []
+        if limits:
+            signals.append(SIG_DENSITY)
+        norm, mad = norms.swipes, norms.mad
+        x = fig.swipes_per_day
+        if (
+            norm > 0
+            and x >= cfg.swipes_min_ratio * norm
+            and x >= norm + cfg.swipes_mad_k * max(_MAD_SCALE * mad, 0.1 * norm)
+        ):
+            signals.append(SIG_SWIPES)
+        if fig.shared:
+            signals.append(SIG_SHARED)
+        kwh_ratio = spread_ratio = None
+        if fig.daily_kwh is not None and norms.kwh:
+            kwh_ratio = fig.daily_kwh / norms.kwh
+        if fig.spread is not None and norms.spread:
+            spread_ratio = fig.spread / norms.spread
+        load = min(kwh_ratio or 0.0, spread_ratio or 0.0)
+        if load >= cfg.load_ratio:
+            signals.append(SIG_LOAD)
+        if load >= cfg.hidden_load_ratio and norms.unregistered >= cfg.hidden_min_unregistered:
+            signals.append(SIG_HIDDEN)
+        flagged = not explained and len(signals) >= cfg.min_signals
+        evidence: dict[str, EvidenceValue] = {
+            "estimated_occupants": est,
+            "registered_occupants": registered,
+            "rooms": rooms,
+            "floor_area_m2": area,
+            "persons_per_room": r2(est / rooms) if rooms else None,
+            "area_per_person_m2": r1(area / est) if area is not None and est else None,
+            "density_limits": ",".join(limits),
+            "explained_by_registration": explained,
+            "active_cards": fig.active_cards,
+            "swipes_per_day": r1(x),
+            "building_norm_swipes_per_day": r1(norm),
+            "building_mad_swipes_per_day": r1(mad),
+            "card_norm_swipes_per_day": r1(norms.card) if norms.card is not None else None,
+            "shared_cards": fig.shared,
+            "unregistered_cards": norms.unregistered,
+            "evening_peak_w": r1(fig.evening) if fig.evening is not None else None,
+            "valley_w": r1(fig.valley) if fig.valley is not None else None,
+            "daily_kwh": r2(fig.daily_kwh) if fig.daily_kwh is not None else None,
+            "daily_kwh_peer_median": r2(norms.kwh) if norms.kwh is not None else None,
+            "evening_spread_peer_median_w": r1(norms.spread) if norms.spread is not None else None,
+            "signals": ",".join(signals),
+            "signal_count": len(signals),
+            "window_days": norms.days,
+            "evaluated_at": self._cal.iso(at),
+            "ended_by": None,
+        }
+        return flagged, len(signals), evidence
+
+    def _raise(
+        self,
+        flat: _Flat,
+        at: float,
+        *,
+        evidence: dict[str, EvidenceValue],
+        est: int,
+        n_signals: int,
+        out: list[AlertChange],
+    ) -> None:
+        ep = make_episode(
+            KIND,
+            _severity(n_signals),
+            flat.subject,
+            raised_at=self._cal.dt(at),
+            evidence=evidence,
+            scope=self._scope,
+        )
+        flat.episode = ep
+        flat.evidence = evidence
+        flat.published_est = est
+        flat.fails = 0
+        flat.fail_since = None
+        out.append(AlertChange(Change.RAISED, ep))
+
+
+def _severity(n_signals: int) -> Severity:
+    if n_signals >= 3:
+        return Severity.HIGH
+    if n_signals == 2:
+        return Severity.MEDIUM
+    return Severity.LOW

@@ -1,0 +1,245 @@
+"""The ``ebike_charging_suspected`` rule on synthetic meter curves, through the engine.
+
+Each test builds a flat's load from appliance models (standby, a cycling fridge, a charger's
+CC-CV curve, a PC, a heater, a kettle), reads it once a minute like a DDSU666 would, and checks
+the episodes. Noise comes from a seeded generator, so every run is the same.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+from datetime import datetime, timedelta
+
+from contract.alerts import AlertChange, Change, Severity, Subject
+from contract.events import MeterReading, RuleInput, Tick
+from contract.site import MeterPlacement, RulesConfig, Site, Unit
+from rules.ebike_suspected import EbikeChargingSuspectedRule
+from rules.engine import RuleEngine
+from tests.rules.builders import SCOPE, TZ, feed
+
+MIDNIGHT = datetime(2026, 3, 2, 0, 0, tzinfo=TZ)
+METER = "m-3-301"
+SUBJECT = Subject(unit_id="3-301", meter_id=METER)
+SITE = Site(
+    site_id=SCOPE,
+    units=[Unit(unit_id="3-301", building="3")],
+    meters=[MeterPlacement(meter_id=METER, unit_id="3-301")],
+)
+
+Load = Callable[[float], tuple[float, float]]
+"""Seconds since midnight -> (real power W, power factor) of one appliance (0 W when off)."""
+
+
+def hours(h: float) -> float:
+    return h * 3600.0
+
+
+def standby(t: float) -> tuple[float, float]:
+    return 30.0, 0.9
+
+
+def fridge(t: float) -> tuple[float, float]:
+    """120 W compressor, 12 minutes on in every 40."""
+    return (120.0, 0.75) if (t % 2400.0) < 720.0 else (0.0, 1.0)
+
+
+def charger(start: float, cc: float, taper: float, watts: float = 160.0, pf: float = 0.6) -> Load:
+    """CC-CV: ``watts`` (rising 8 % over the CC phase) for ``cc`` s, then an exponential taper
+    over ``taper`` s down to a few watts, then off."""
+
+    def load(t: float) -> tuple[float, float]:
+        x = t - start
+        if x < 0 or x >= cc + taper:
+            return 0.0, 1.0
+        if x < cc:
+            return watts * (1.0 + 0.08 * x / cc), pf
+        peak = watts * 1.08
+        return max(3.0, peak * math.exp(-4.0 * (x - cc) / taper)), pf
+
+    return load
+
+
+def steady(start: float, length: float, watts: float, pf: float) -> Load:
+    """An appliance switched on and off at once (a PC, a TV)."""
+
+    def load(t: float) -> tuple[float, float]:
+        return (watts, pf) if start <= t < start + length else (0.0, 1.0)
+
+    return load
+
+
+def heater(start: float, length: float) -> Load:
+    """2 kW, thermostat: 10 minutes on, 5 off."""
+
+    def load(t: float) -> tuple[float, float]:
+        x = t - start
+        return (2000.0, 1.0) if 0 <= x < length and (x % 900.0) < 600.0 else (0.0, 1.0)
+
+    return load
+
+
+def kettle(*starts: float) -> Load:
+    def load(t: float) -> tuple[float, float]:
+        return (2000.0, 1.0) if any(0 <= t - s < 180 for s in starts) else (0.0, 1.0)
+
+    return load
+
+
+def readings(
+    loads: list[Load],
+    *,
+    until: float = hours(30),
+    every: float = 60.0,
+    current: bool = True,
+    gaps: tuple[tuple[float, float], ...] = (),
+    seed: int = 1,
+) -> list[RuleInput]:
+    """One reading every ``every`` s from midnight, with 1 % noise, except in ``gaps``."""
+    rng = random.Random(seed)
+    out: list[RuleInput] = []
+    t = 0.0
+    while t < until:
+        if not any(a <= t < b for a, b in gaps):
+            power = apparent = 0.0
+            for load in loads:
+                p, pf = load(t)
+                power += p
+                apparent += p / pf
+            noise = 1.0 + rng.uniform(-0.01, 0.01)
+            volts = 230.0 + rng.uniform(-1.0, 1.0)
+            ts = MIDNIGHT + timedelta(seconds=t + rng.uniform(0.0, 2.0))
+            if current:
+                amps = apparent * noise / volts
+                out.append(
+                    MeterReading(
+                        ts=ts,
+                        meter_id=METER,
+                        power_w=round(power * noise, 1),
+                        voltage_v=round(volts, 1),
+                        current_a=round(amps, 3),
+                    )
+                )
+            else:
+                out.append(MeterReading(ts=ts, meter_id=METER, power_w=round(power * noise, 1)))
+        t += every
+    return out
+
+
+def run(events: list[RuleInput], cfg: RulesConfig | None = None) -> list[AlertChange]:
+    rules = cfg or RulesConfig()
+    rule = EbikeChargingSuspectedRule(SITE, rules.ebike_charging_suspected, scope=SCOPE)
+    eng = RuleEngine(SITE, rules, scope=SCOPE, rules=[rule])
+    return feed(eng, events)
+
+
+def at(h: float) -> datetime:
+    return MIDNIGHT + timedelta(hours=h)
+
+
+HOUSE: list[Load] = [standby, fridge]
+
+
+# -- a charger is recognised --------------------------------------------------------------
+
+
+def test_evening_charge_with_current_raised_on_the_plateau_and_cleared_at_the_end() -> None:
+    changes = run(readings([*HOUSE, charger(hours(19), cc=hours(2.5), taper=hours(1.5))]))
+    assert [(c.change, c.episode.severity) for c in changes] == [
+        (Change.RAISED, Severity.MEDIUM),
+        (Change.UPDATED, Severity.HIGH),  # the session runs into the night (22:00)
+        (Change.CLEARED, Severity.HIGH),
+    ]
+    raised, night, cleared = (c.episode for c in changes)
+    assert raised.subject == SUBJECT
+    assert at(19.9) <= raised.raised_at <= at(20.3)  # about an hour of steady non-active load
+    assert night.raised_at == raised.raised_at
+    assert night.id == raised.id == cleared.id
+    assert cleared.cleared_at is not None
+    # The taper (exponential, from 21:30) is down to 15 % of the step by about 22:20.
+    assert at(22.0) <= cleared.cleared_at <= at(23.1)
+    ev = raised.evidence
+    assert ev["signal"] == "non_active_va"
+    assert ev["recognised_by"] == "non_active_plateau"
+    assert ev["power_factor"] is not None and 0.5 <= float(ev["power_factor"]) <= 0.7
+    assert ev["step_w"] is not None and 140 <= float(ev["step_w"]) <= 190
+    assert (
+        ev["start"] is not None and at(18.9).isoformat() <= str(ev["start"]) <= at(19.1).isoformat()
+    )
+    assert ev["ended_by"] is None
+    assert cleared.evidence["ended_by"] in {"tail", "switched_off"}
+
+
+def test_night_charge_without_current_recognised_by_its_taper() -> None:
+    events = readings([*HOUSE, charger(hours(23), cc=hours(3), taper=hours(2))], current=False)
+    changes = run(events)
+    assert [(c.change, c.episode.severity) for c in changes] == [
+        (Change.RAISED, Severity.HIGH),
+        (Change.CLEARED, Severity.HIGH),
+    ]
+    raised, cleared = (c.episode for c in changes)
+    # CC ends 02:00; raised once the taper has run 10+ minutes and lost about half the step
+    assert at(26.1) <= raised.raised_at <= at(27.0)
+    assert raised.evidence["recognised_by"] == "taper"
+    assert raised.evidence["signal"] == "power_w"
+    assert raised.evidence["night"] is True
+    assert cleared.cleared_at is not None and cleared.cleared_at <= at(28.5)
+
+
+def test_a_charger_unplugged_on_its_plateau_ends_the_episode_at_once() -> None:
+    changes = run(readings([*HOUSE, charger(hours(14), cc=hours(2), taper=0.0)], until=hours(20)))
+    assert [c.change for c in changes] == [Change.RAISED, Change.CLEARED]
+    cleared = changes[-1].episode
+    assert cleared.evidence["ended_by"] == "switched_off"
+    assert cleared.cleared_at is not None and at(16.0) <= cleared.cleared_at <= at(16.34)
+
+
+def test_a_meter_gone_silent_ends_the_episode() -> None:
+    events = readings(
+        [*HOUSE, charger(hours(14), cc=hours(4), taper=hours(1))],
+        until=hours(20),
+        gaps=((hours(15.5), hours(20)),),
+    )
+    changes = run([*events, Tick(at(19.9))])
+    assert [c.change for c in changes] == [Change.RAISED, Change.CLEARED]
+    cleared = changes[-1].episode
+    assert cleared.evidence["ended_by"] == "silence"
+    assert cleared.cleared_at is not None and at(16.4) <= cleared.cleared_at <= at(16.6)
+
+
+# -- confounders --------------------------------------------------------------------------
+
+
+def test_a_pc_that_runs_all_evening_is_not_a_charger() -> None:
+    pc = steady(hours(18.5), hours(5), 150.0, 0.95)  # PFC-corrected, switched off at once
+    assert run(readings([*HOUSE, pc])) == []
+    assert run(readings([*HOUSE, pc], current=False)) == []
+
+
+def test_a_tv_without_pfc_switched_off_at_once_is_not_a_charger_without_current() -> None:
+    tv = steady(hours(19), hours(4), 120.0, 0.6)  # low power factor, but no taper
+    assert run(readings([*HOUSE, tv], current=False)) == []
+
+
+def test_a_fridge_alone_is_nothing() -> None:
+    assert run(readings(HOUSE)) == []
+    assert run(readings(HOUSE, current=False)) == []
+
+
+def test_a_heater_and_a_kettle_are_nothing() -> None:
+    loads = [*HOUSE, heater(hours(18), hours(3)), kettle(hours(7), hours(12.5), hours(19))]
+    assert run(readings(loads)) == []
+    assert run(readings(loads, current=False)) == []
+
+
+def test_a_charger_under_a_heater_is_still_seen_with_current() -> None:
+    loads = [*HOUSE, heater(hours(19), hours(4)), charger(hours(19.5), hours(3), hours(1.5))]
+    changes = run(readings(loads))
+    assert changes[0].change == Change.RAISED
+    assert changes[0].episode.evidence["recognised_by"] == "non_active_plateau"
+
+
+def test_same_input_same_output() -> None:
+    events = readings([*HOUSE, charger(hours(19), cc=hours(2.5), taper=hours(1.5))])
+    assert run(events) == run(events)

@@ -1,0 +1,213 @@
+"""The ``suspected_group_rental`` rule on a small hand-made building, through the engine."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from contract.alerts import AlertChange, Change, Severity, Subject
+from contract.events import CardSwipe, MeterReading, RuleInput, Tick
+from contract.site import (
+    CardRegistration,
+    GroupRentalConfig,
+    MeterPlacement,
+    ReaderPlacement,
+    RulesConfig,
+    Site,
+    Unit,
+)
+from rules.engine import RuleEngine
+from rules.group_rental import GroupRentalRule
+from tests.rules.builders import SCOPE, TZ, feed
+
+START = datetime(2026, 3, 1, 0, 0, tzinfo=TZ)
+DAY = timedelta(days=1)
+
+
+@dataclass
+class Flat:
+    """A flat of the test building: its cards, how they are used, and its load profile."""
+
+    unit: str
+    rooms: int | None = 2
+    area: float | None = 60.0
+    registered: int | None = None
+    cards: int = 2
+    swipes_per_card: int = 1  # per day, on the days the card is used
+    base_w: float = 80.0  # load outside the evening and the night valley
+    evening_w: float = 400.0  # 18-23 h
+    valley_w: float = 60.0  # 2-5 h
+    away: set[int] = field(default_factory=set)  # days (from 0) nobody swipes
+
+    def card_ids(self) -> list[str]:
+        return [f"{self.unit}-c{i}" for i in range(self.cards)]
+
+
+def neighbours(n: int = 10) -> list[Flat]:
+    """Ordinary households: 2 cards, one swipe each a day, ordinary load."""
+    return [Flat(unit=f"1-{i + 1:02d}", registered=2) for i in range(n)]
+
+
+def site(flats: list[Flat]) -> Site:
+    return Site(
+        site_id=SCOPE,
+        units=[
+            Unit(
+                unit_id=f.unit,
+                building="1",
+                rooms=f.rooms,
+                floor_area_m2=f.area,
+                registered_occupants=f.registered,
+            )
+            for f in flats
+        ],
+        cards=[CardRegistration(card=c, unit_id=f.unit) for f in flats for c in f.card_ids()],
+        meters=[MeterPlacement(meter_id=f"m-{f.unit}", unit_id=f.unit) for f in flats],
+        readers=[ReaderPlacement(reader_id="b1", building="1")],
+    )
+
+
+def events(flats: list[Flat], days: int, unregistered: int = 0) -> list[RuleInput]:
+    """Swipes (spread over the day) and one meter reading per flat every 5 minutes."""
+    out: list[tuple[datetime, int, RuleInput]] = []
+    for d in range(days):
+        day = START + d * DAY
+        for fi, f in enumerate(flats):
+            if d in f.away:
+                continue
+            for ci, card in enumerate(f.card_ids()):
+                for k in range(f.swipes_per_card):
+                    t = day + timedelta(hours=7 + ci % 12, minutes=fi + 7 * k)
+                    out.append((t, 1, CardSwipe(ts=t, reader_id="b1", card=card)))
+        for u in range(unregistered):
+            t = day + timedelta(hours=20, minutes=u)
+            out.append((t, 1, CardSwipe(ts=t, reader_id="b1", card=f"stranger-{u}")))
+        for step in range(288):
+            t = day + timedelta(minutes=5 * step)
+            hour = t.hour
+            for f in flats:
+                if 18 <= hour < 23:
+                    power = f.evening_w
+                elif 2 <= hour < 5:
+                    power = f.valley_w
+                else:
+                    power = f.base_w
+                out.append((t, 0, MeterReading(ts=t, meter_id=f"m-{f.unit}", power_w=power)))
+    out.sort(key=lambda x: (x[0], x[1]))
+    return [e for _, _, e in out]
+
+
+def run(
+    flats: list[Flat], days: int, cfg: GroupRentalConfig | None = None, unregistered: int = 0
+) -> tuple[RuleEngine, list[AlertChange]]:
+    s = site(flats)
+    rules = RulesConfig(suspected_group_rental=cfg or GroupRentalConfig())
+    rule = GroupRentalRule(s, rules.suspected_group_rental, scope=SCOPE)
+    eng = RuleEngine(s, rules, scope=SCOPE, rules=[rule])
+    changes = feed(eng, [*events(flats, days, unregistered), Tick(START + days * DAY)])
+    return eng, changes
+
+
+def rental(unit: str = "1-99", **kw: object) -> Flat:
+    """Six tenants with a card each in a two-room flat, cooking and lit every evening."""
+    params: dict[str, object] = {"cards": 6, "evening_w": 1200.0, "valley_w": 150.0}
+    params.update(kw)
+    return Flat(unit=unit, **params)  # type: ignore[arg-type]
+
+
+def test_a_group_rental_is_raised_after_warm_up_with_its_evidence() -> None:
+    eng, changes = run([*neighbours(), rental()], days=8)
+    assert [(c.change, c.episode.subject, c.episode.raised_at) for c in changes] == [
+        # 5 complete days, then two evaluations in a row: raised at the second, 7 March 00:00.
+        (Change.RAISED, Subject(unit_id="1-99"), START + 6 * DAY)
+    ]
+    ev = changes[0].episode.evidence
+    assert ev["estimated_occupants"] == 6
+    assert ev["rooms"] == 2
+    assert ev["persons_per_room"] == 3.0
+    assert ev["area_per_person_m2"] == 10.0
+    assert ev["density_limits"] == "rooms"
+    assert ev["swipes_per_day"] == 6.0
+    assert ev["building_norm_swipes_per_day"] == 2.0
+    assert ev["signals"] == "density,swipes,load"
+    assert ev["signal_count"] == 3
+    assert ev["daily_kwh_peer_median"] is not None
+    assert changes[0].episode.severity is Severity.HIGH
+    assert [ep.subject.unit_id for ep in eng.open_episodes()] == ["1-99"]
+
+
+def test_no_alert_during_warm_up() -> None:
+    _, changes = run([*neighbours(), rental()], days=6)  # evaluations at day 5 and 6 only
+    assert [c.episode.raised_at for c in changes] == [START + 6 * DAY]
+    _, changes = run([*neighbours(), rental()], days=5)
+    assert changes == []
+
+
+def test_a_large_registered_family_is_never_flagged() -> None:
+    family = rental(unit="1-88", registered=8, cards=6)  # 6 card holders of 8 registered
+    _, changes = run([*neighbours(), family], days=10)
+    assert changes == []
+
+
+def test_density_exactly_at_two_per_room_is_not_enough_on_its_own() -> None:
+    at_limit = Flat(unit="1-77", cards=4, swipes_per_card=1)  # 4 in 2 rooms: legal
+    over = Flat(unit="1-78", cards=5, swipes_per_card=1)  # 5 in 2 rooms
+    _, changes = run([*neighbours(), at_limit, over], days=9)
+    assert {c.episode.subject.unit_id for c in changes} == {"1-78"}
+    ev = changes[0].episode.evidence
+    assert ev["signals"] == "density,swipes"
+    assert changes[0].episode.severity is Severity.MEDIUM
+
+
+def test_one_signal_alone_never_raises() -> None:
+    # Twice the building's swipes (but no card used 2.5 times more than one person would).
+    busy = Flat(unit="1-66", cards=2, swipes_per_card=2)
+    shop = Flat(unit="1-67", cards=1, evening_w=3000.0, base_w=2000.0)  # load only
+    _, changes = run([*neighbours(), busy, shop], days=10)
+    assert changes == []
+
+
+def test_area_per_person_below_5_m2() -> None:
+    small = Flat(unit="1-55", rooms=None, area=18.0, cards=4, swipes_per_card=1)
+    _, changes = run([*neighbours(), small], days=9)
+    assert [c.episode.subject.unit_id for c in changes] == ["1-55"]
+    assert changes[0].episode.evidence["density_limits"] == "area"
+    assert changes[0].episode.evidence["area_per_person_m2"] == 4.5
+
+
+def test_hidden_tenants_with_unregistered_cards_in_the_building() -> None:
+    hidden = Flat(unit="1-44", cards=2, evening_w=1600.0, base_w=200.0, valley_w=200.0)
+    _, changes = run([*neighbours(), hidden], days=9, unregistered=3)
+    assert [c.episode.subject.unit_id for c in changes] == ["1-44"]
+    ev = changes[0].episode.evidence
+    assert ev["signals"] == "load,hidden_tenants"
+    assert ev["unregistered_cards"] == 3
+    _, changes = run([*neighbours(), hidden], days=9, unregistered=0)
+    assert changes == []
+
+
+def test_clears_three_evaluations_after_the_signals_are_gone() -> None:
+    moved_out = set(range(8, 30))
+    flat = rental(away=moved_out, evening_w=400.0, valley_w=60.0)
+    eng, changes = run([*neighbours(), flat], days=20)
+    assert [c.change for c in changes] == [Change.RAISED, Change.CLEARED]
+    cleared = changes[-1].episode
+    assert cleared.evidence["ended_by"] == "signals_gone"
+    assert cleared.cleared_at is not None
+    assert cleared.raised_at < cleared.cleared_at < START + 20 * DAY
+    assert eng.open_episodes() == []
+
+
+def test_shared_card_counts_as_several_people() -> None:
+    shared = Flat(unit="1-33", cards=1, swipes_per_card=6, evening_w=1200.0, valley_w=150.0)
+    _, changes = run([*neighbours(), shared], days=9)
+    assert [c.episode.subject.unit_id for c in changes] == ["1-33"]
+    ev = changes[0].episode.evidence
+    assert ev["shared_cards"] == 1
+    assert ev["estimated_occupants"] == 4  # capped at max_persons_per_card
+    assert "shared_cards" in str(ev["signals"])
+
+
+def test_same_input_gives_the_same_output() -> None:
+    flats = [*neighbours(), rental()]
+    assert run(flats, days=9)[1] == run(flats, days=9)[1]
