@@ -16,8 +16,8 @@ from contract.alerts import AlertKind, Change, Severity
 from fleet.app import serve
 from tests.conftest import BrokerEndpoint, free_port
 from tests.fleet.helpers import (
-    WEBHOOK_SECRET,
     T0,
+    WEBHOOK_SECRET,
     alert,
     eventually,
     fleet_client,
