@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from edge_agent.config import ConfigError, load_config
+from edge_agent.scan_cli import add_scan_parser
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     rp.add_argument("--input", type=Path, required=True, help="events.jsonl")
     rp.add_argument("--output", type=Path, required=True, help="alerts.jsonl to write")
     rp.add_argument("--config", type=Path, help="agent config TOML whose [rules] table to use")
+    add_scan_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
@@ -52,6 +54,10 @@ def main(argv: list[str] | None = None) -> None:
     # fault once when it starts and once when it ends, which is what an installer needs.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
     try:
+        if args.command == "scan":
+            from edge_agent.scan_cli import run_scan  # noqa: PLC0415
+
+            sys.exit(run_scan(args))
         if args.command == "replay":
             from edge_agent.replay import run_replay  # noqa: PLC0415
 
