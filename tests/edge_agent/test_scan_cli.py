@@ -54,9 +54,15 @@ async def test_scan_serial_shows_masked_cards_live(tmp_path: Path) -> None:
     async with CardReaderSim() as reader:
         scan = asyncio.create_task(
             _edge_agent(
-                "scan", "serial", "--port", reader.path, "--seconds", "2",
-                "--snippet", str(snippet),
-            )  # fmt: skip
+                "scan",
+                "serial",
+                "--port",
+                reader.path,
+                "--seconds",
+                "2",
+                "--snippet",
+                str(snippet),
+            )
         )
         # Keep swiping until the scan ends: its window starts whenever its process is up.
         while not scan.done():
@@ -73,6 +79,6 @@ async def test_scan_serial_shows_masked_cards_live(tmp_path: Path) -> None:
 
 
 async def test_scan_of_a_missing_port_says_what_to_do() -> None:
-    code, out, err = await _edge_agent("scan", "serial", "--port", "/dev/does-not-exist")
+    code, _out, err = await _edge_agent("scan", "serial", "--port", "/dev/does-not-exist")
     assert code == 2
     assert "edge-agent scan:" in err and "Traceback" not in err
