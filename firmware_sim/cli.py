@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import json
 import logging
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +42,7 @@ def write_atomic(path: Path, text: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="firmware-sim", description=__doc__.splitlines()[0])
     parser.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING, ...")
+    parser.epilog = "device simulators on their own: firmware-sim dlt645|card-reader|modbus --help"
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("building", help="run a simulated building until SIGINT/SIGTERM")
     b.add_argument("--flats", type=int, default=4, help="number of flats (2 per floor)")
@@ -104,7 +106,32 @@ async def _run_building(args: argparse.Namespace) -> int:
     return 0
 
 
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+# Device simulators with their own argument parsers: ``firmware-sim dlt645 --help`` etc.
+_DEVICE_COMMANDS = {
+    "dlt645": "firmware_sim.dlt645_meter:run_dlt645_cli",
+    "card-reader": "firmware_sim.card_reader:run_card_reader_cli",
+    "modbus": "firmware_sim.modbus_meters:run_modbus_cli",
+}
+
+
+def _device_command(argv: Sequence[str]) -> int | None:
+    if not argv or argv[0] not in _DEVICE_COMMANDS:
+        return None
+    module_name, _, func_name = _DEVICE_COMMANDS[argv[0]].partition(":")
+    run: Callable[[Sequence[str]], int] = getattr(importlib.import_module(module_name), func_name)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    return run(list(argv[1:]))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    device = _device_command(argv)
+    if device is not None:
+        return device
     args = _parser().parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),
