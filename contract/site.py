@@ -226,6 +226,18 @@ class GroupRentalConfig(_Strict):
         description="... in a building where at least this many unregistered cards are in "
         "daily use (people live there whom the card list does not place)",
     )
+    strong_swipes_ratio: float = Field(
+        default=2.5,
+        ge=1,
+        description="without the density signal, a flat is suspected only on strong usage: "
+        "swipes at least this many times the building's median...",
+    )
+    strong_load_ratio: float = Field(
+        default=1.8,
+        ge=1,
+        description="... or a load at least this many times that of similar flats (or a shared "
+        "card, or hidden tenants)",
+    )
     evening_start_hour: int = Field(default=18, ge=0, le=23)
     evening_end_hour: int = Field(default=23, ge=1, le=24)
     valley_start_hour: int = Field(default=2, ge=0, le=23)
@@ -286,10 +298,11 @@ class EbikeChargingSuspectedConfig(_Strict):
         default=500.0, gt=0, description="largest charger step (60 V+ packs; heaters are kW)"
     )
     min_step_va: float = Field(
-        default=40.0,
+        default=50.0,
         gt=0,
-        description="smallest charger step of voltage_v * current_a - power_w (a 70 W charger "
-        "at power factor 0.64)",
+        description="smallest charger step of voltage_v * current_a - power_w: a 75 W load at "
+        "power factor 0.6 (below 75 W, GB 17625.1 class D, laptops and LED lights need no PFC "
+        "either; the smallest 48 V charger draws about 110 W)",
     )
     max_step_va: float = Field(
         default=450.0,
@@ -313,7 +326,7 @@ class EbikeChargingSuspectedConfig(_Strict):
         description="a plateau longer than this is another continuous load, not a charger",
     )
     plateau_hold_s: float = Field(
-        default=1800.0,
+        default=2400.0,
         ge=0,
         description="with voltage and current: a low-power-factor step is recognised once it "
         "has held this long after it shows in the envelope (so after envelope_s + this)",
@@ -446,6 +459,12 @@ class OverloadConfig(_Strict):
         default=180.0,
         gt=0,
         description="a reading is believed for at most this long when the next one is missing",
+    )
+    episode_stale_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="an open episode survives a gap in the readings shorter than this (a meter "
+        "that misses polls does not end an overload); longer, it clears",
     )
     default_rated_current_a: float | None = Field(
         default=None,

@@ -316,8 +316,11 @@ class ModbusLink:
                 silence = self._last_rx + self._gap_s - asyncio.get_running_loop().time()
                 if silence > 0:
                     await asyncio.sleep(silence)
-            # pymodbus waits ``timeout_connect`` for every answer; set it per request.
-            client.ctx.comm_params.timeout_connect = timeout_s
+            # pymodbus waits ``timeout_connect`` for every answer; set it per request (a new
+            # client gets the connect timeout back in connect()).
+            params = client.ctx.comm_params
+            if params.timeout_connect != timeout_s:
+                params.timeout_connect = timeout_s
             self._expect = (slave, function_code)
             self._rx_bytes = 0
             try:
@@ -341,7 +344,6 @@ class ModbusLink:
                 raise NoAnswer(f"no answer within {timeout_s:g}s") from None
             finally:
                 self._expect = None
-                client.ctx.comm_params.timeout_connect = self._connect_timeout_s
             raise_if_cancelling()
             try:
                 return registers_from_response(response, count)

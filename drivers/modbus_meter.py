@@ -374,10 +374,16 @@ class _Block:
     pack: Callable[..., bytes]  # registers -> big-endian bytes
     order: Callable[[Sequence[int]], Sequence[int]] | None  # swaps little-endian words first
     unpack: Callable[[bytes], tuple[float, ...]]  # bytes -> every field's raw value
-    fields: tuple[tuple[str, float, float, float], ...]  # (name, scale, low, high)
+    fields: tuple[tuple[int, float, float, float], ...]  # (slot, scale, low, high)
 
 
-def _compile(block: ReadBlock, specs: list[tuple[str, RegisterSpec]]) -> _Block:
+_SLOTS = ("power_w", "voltage_v", "current_a", "energy_kwh", "power_factor", "frequency_hz")
+"""The decoder's output slots, in :class:`MeterValues` order (phase currents follow)."""
+
+
+def _compile(
+    block: ReadBlock, specs: list[tuple[str, RegisterSpec]], slots: Mapping[str, int]
+) -> _Block:
     specs = sorted(specs, key=lambda item: item[1].address)
     fmt, at, order = ">", 0, list(range(block.count))
     for _, spec in specs:
@@ -396,7 +402,10 @@ def _compile(block: ReadBlock, specs: list[tuple[str, RegisterSpec]]) -> _Block:
         struct.Struct(f">{block.count}H").pack,
         operator.itemgetter(*order) if swap else None,
         struct.Struct(fmt).unpack,
-        tuple((name, spec.scale, *(spec.valid or (-math.inf, math.inf))) for name, spec in specs),
+        tuple(
+            (slots[name], spec.scale, *(spec.valid or (-math.inf, math.inf)))
+            for name, spec in specs
+        ),
     )
 
 
@@ -425,15 +434,31 @@ class MeterDecoder:
                 if offset >= 0 and offset + spec.count <= block.count:
                     members[i].append((name, spec))
                     break
-        self._compiled = tuple(_compile(b, m) for b, m in zip(self.blocks, members, strict=True))
-        self._phases = profile.phase_currents
+        slots = {name: i for i, name in enumerate((*_SLOTS, *profile.phase_currents))}
+        self._slot_count = len(slots)
+        self._phase_slots = tuple(slots[n] for n in profile.phase_currents)
+        self._compiled = tuple(
+            _compile(b, m, slots) for b, m in zip(self.blocks, members, strict=True)
+        )
 
     def decode(self, replies: Sequence[Sequence[int]]) -> MeterValues:
+        v = self._slots(replies)
+        return MeterValues(v[0], v[1], v[2], v[3], v[4], v[5])  # type: ignore[arg-type]
+
+    def reading(
+        self, replies: Sequence[Sequence[int]], ts: datetime, meter_id: str
+    ) -> MeterReading:
+        """:meth:`decode` straight into the event (the poller's hot path)."""
+        v = self._slots(replies)
+        return MeterReading(ts, meter_id, v[0], v[1], v[2], v[3], v[4])  # type: ignore[arg-type]
+
+    def _slots(self, replies: Sequence[Sequence[int]]) -> list[float | None]:
+        """The values in :data:`_SLOTS` order (power guaranteed), then the phase currents."""
         if len(replies) != len(self._compiled):
             raise BadAnswer(f"expected {len(self._compiled)} replies, got {len(replies)}")
-        values: dict[str, float] = {}
+        out: list[float | None] = [None] * self._slot_count
         isfinite = math.isfinite
-        for block, regs in zip(self._compiled, replies, strict=True):
+        for block, regs in zip(self._compiled, replies):  # noqa: B905 - lengths checked
             if len(regs) != block.count:
                 raise BadAnswer(
                     f"asked for {block.count} registers at {block.address:#06x}, got {len(regs)}"
@@ -443,27 +468,17 @@ class MeterDecoder:
                 raw = block.pack(*words)
             except struct.error:
                 raise BadAnswer("a register outside 0..65535") from None
-            for (name, scale, low, high), number in zip(
-                block.fields, block.unpack(raw), strict=True
-            ):
+            for (slot, scale, low, high), number in zip(block.fields, block.unpack(raw)):  # noqa: B905
                 value = number * scale
                 if isfinite(value) and low <= value <= high:
-                    values[name] = float(value)
-        power = values.get("power_w")
-        if power is None:
+                    out[slot] = float(value)
+        if out[0] is None:
             raise BadAnswer("power register holds no number")
-        current = values.get("current_a")
-        if current is None and self._phases:
-            phases = [values[n] for n in self._phases if n in values]
-            current = max(phases) if phases else None
-        return MeterValues(
-            power_w=power,
-            voltage_v=values.get("voltage_v"),
-            current_a=current,
-            energy_kwh=values.get("energy_kwh"),
-            power_factor=values.get("power_factor"),
-            frequency_hz=values.get("frequency_hz"),
-        )
+        if self._phase_slots and out[2] is None:
+            phases = [p for p in (out[i] for i in self._phase_slots) if p is not None]
+            if phases:
+                out[2] = max(phases)
+        return out
 
 
 # -- the adapter --------------------------------------------------------------------------------
@@ -680,12 +695,15 @@ class ModbusMeterPoller:
                     out = self._link_down(str(exc))
                     m.due = loop.time()  # first in line once the bus is back
                 heapq.heappush(heap, (m.due, next(seq), m))
-                for event in out:
-                    yield event
+                if type(out) is MeterReading:
+                    yield out
+                else:
+                    for event in out:  # type: ignore[union-attr]
+                        yield event
         finally:
             link.close()
 
-    async def _poll(self, m: _Meter, loop: asyncio.AbstractEventLoop) -> list[Event]:
+    async def _poll(self, m: _Meter, loop: asyncio.AbstractEventLoop) -> MeterReading | list[Event]:
         link = self._link
         spec = m.spec
         replies: list[list[int]] = []
@@ -696,7 +714,8 @@ class ModbusMeterPoller:
                         spec.slave, m.function_code, address, count, timeout_s=m.timeout_s
                     )
                 )
-            values = m.decoder.decode(replies)
+            ts = self._clock()
+            reading = m.decoder.reading(replies, ts, spec.meter_id)
         except LinkDown:
             raise
         except ModbusError as exc:
@@ -706,19 +725,18 @@ class ModbusMeterPoller:
         now = loop.time()
         m.counters.inc("reads_ok")
         self.counters.inc("reads_ok")
-        ts = self._clock()
-        out: list[Event] = []
-        if m.fault is not None:
-            out.append(DeviceFault(ts, spec.meter_id, m.fault, "recovered", active=False))
-            log.info("%s: meter %s answers again", self.name, spec.meter_id)
-            m.fault = None
-        m.failures = m.run_length = 0
-        m.run_fault = None
         m.last_seen = ts
         due = m.due + m.interval_s
         m.due = now if due <= now - m.interval_s else due
-        out.append(values.reading(ts, spec.meter_id))
-        return out
+        if m.failures or m.fault is not None:
+            m.failures = m.run_length = 0
+            m.run_fault = None
+            if m.fault is not None:
+                log.info("%s: meter %s answers again", self.name, spec.meter_id)
+                recovered = DeviceFault(ts, spec.meter_id, m.fault, "recovered", active=False)
+                m.fault = None
+                return [recovered, reading]
+        return reading
 
     def _failed(self, m: _Meter, exc: ModbusError, now: float) -> list[Event]:
         counter = _COUNTER_OF.get(type(exc), "bad_responses")

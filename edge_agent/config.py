@@ -6,6 +6,7 @@ appear in reprs or logs, and every error names the field and says what to do.
 
 from __future__ import annotations
 
+import itertools
 import math
 import tomllib
 from pathlib import Path
@@ -99,6 +100,12 @@ class ModbusMeterConfig(_Model):
             raise ValueError("a generic meter needs a power_w register")
         if len(set(fields)) != len(fields):
             raise ValueError("a field appears twice in registers")
+        spans = sorted(
+            (r.address, r.address + (1 if "16" in r.data_type else 2)) for r in self.registers
+        )
+        for (_, end), (start, _) in itertools.pairwise(spans):
+            if start < end:
+                raise ValueError(f"registers overlap at address {start}")
         return self
 
 

@@ -169,11 +169,11 @@ async def _found(
             for b in decoder.blocks
         ]
         values: MeterValues | None = decoder.decode(replies)
-        detail = f"{profile}, function {fc}"
+        detail = f"function {fc}"
     except LinkDown:
         raise
     except ModbusError as exc:
-        values, detail = None, f"{profile}, function {fc}; a full read failed: {exc}"
+        values, detail = None, f"function {fc}; a full read failed: {exc}"
     return FoundMeter(slave, profile, fc, values, detail)
 
 

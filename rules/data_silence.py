@@ -47,6 +47,13 @@ Evidence
     raised it), ``peer_swipes`` (readers: swipes by the building's other readers since the
     silence started; None for other devices) and ``ended_by`` (None while open).
 
+Cost
+    Meter readings are nine events in ten: the engine records each in a
+    :class:`rules.common.MeterLog` and calls this rule for a meter only when one of its own
+    deadlines is due or when it has asked to see the meter's next reading (a meter in an open
+    episode); swipes and sensor reports come to it directly. A rule built without a log keeps
+    its own and takes every reading (same results).
+
 Subject
     ``meter_id`` + ``unit_id``; ``reader_id`` + ``building``; ``sensor_id`` + ``unit_id`` for a
     sensor in a flat, + ``building`` elsewhere (as in ``ebike_charging``).
@@ -70,7 +77,17 @@ from contract.alerts import (
 from contract.events import CardSwipe, ChargingSensorReading, MeterReading, RuleInput
 from contract.site import DataSilenceConfig, Location, SensorPlacement, Site
 from rules.base import NO_CHANGES
-from rules.common import Deadlines, SiteCalendar, Timebase, make_episode, r1, restate, site_zone
+from rules.common import (
+    Deadlines,
+    MeterEntry,
+    MeterLog,
+    SiteCalendar,
+    Timebase,
+    make_episode,
+    r1,
+    restate,
+    site_zone,
+)
 
 KIND = AlertKind.DATA_SILENCE
 
@@ -105,6 +122,7 @@ class _Device:
         "base",
         "building",
         "device",
+        "entry",
         "episode",
         "index",
         "last",
@@ -118,7 +136,8 @@ class _Device:
         self.index = index
         self.device = device
         self.subject = subject
-        self.last: float | None = None
+        self.last: float | None = None  # meters: frozen while an episode is open (see _last)
+        self.entry: MeterEntry | None = None  # meters: their entry in the meter log
         self.building: _Building | None = None  # readers with a peer in their building
         self.base = 0  # the building's swipe count at this reader's latest swipe
         self.pending = False
@@ -135,9 +154,6 @@ class DataSilenceRule:
     """
 
     kinds: frozenset[AlertKind] = frozenset({KIND})
-    inputs: frozenset[type[CardSwipe | MeterReading | ChargingSensorReading]] = frozenset(
-        {CardSwipe, MeterReading, ChargingSensorReading}
-    )
 
     def __init__(
         self,
@@ -146,6 +162,7 @@ class DataSilenceRule:
         *,
         scope: str = "",
         timebase: Timebase | None = None,
+        meter_log: MeterLog | None = None,
     ) -> None:
         tz = site_zone(site)
         self._cal = SiteCalendar(tz)
@@ -160,9 +177,21 @@ class DataSilenceRule:
         self._meters: dict[str, _Device] = {}
         self._readers: dict[str, _Device] = {}
         self._sensors: dict[str, _Device] = {}
+        # Meters: when the engine keeps a meter log, the rule reads each meter's latest reading
+        # there and sees a reading only when it asked to (a silent meter); otherwise it keeps
+        # its own log and takes every reading.
+        self._own_log = meter_log is None
+        self._log = MeterLog(m.meter_id for m in site.meters) if meter_log is None else meter_log
+        self.inputs: frozenset[type[CardSwipe | MeterReading | ChargingSensorReading]] = (
+            frozenset({CardSwipe, MeterReading, ChargingSensorReading})
+            if self._own_log
+            else frozenset({CardSwipe, ChargingSensorReading})
+        )
         for m in site.meters:
             subject = Subject(unit_id=m.unit_id, meter_id=m.meter_id)
-            self._meters[m.meter_id] = self._add(METER, subject)
+            st = self._add(METER, subject)
+            st.entry = self._log.entries[m.meter_id]
+            self._meters[m.meter_id] = st
         buildings: dict[str, _Building] = {}
         for r in site.readers:
             st = self._add(READER, Subject(building=r.building, reader_id=r.reader_id))
@@ -210,7 +239,16 @@ class DataSilenceRule:
             self._advance(now, out)
         if type(event) is MeterReading:
             st = self._meters.get(event.meter_id)
-        elif type(event) is CardSwipe:
+            if st is None:
+                return out or NO_CHANGES
+            if self._own_log:
+                self._log.record(event, now)
+            if st.episode is not None:
+                if out is None:
+                    out = []
+                self._resume(st, now, out)
+            return out or NO_CHANGES
+        if type(event) is CardSwipe:
             st = self._readers.get(event.reader_id)
         elif type(event) is ChargingSensorReading:
             st = self._sensors.get(event.sensor_id)
@@ -288,9 +326,19 @@ class DataSilenceRule:
 
     # -- deadlines -----------------------------------------------------------------------------
 
+    @staticmethod
+    def _last(st: _Device) -> float | None:
+        """The device's latest data before now (a meter's from the log unless an episode is
+        open: then the log may already hold the reading that ends it)."""
+        entry = st.entry
+        if entry is not None and st.episode is None:
+            return entry.t if entry.reading is not None else None
+        return st.last
+
     def _silent_since(self, st: _Device) -> float:
-        if st.last is not None:
-            return st.last
+        last = self._last(st)
+        if last is not None:
+            return last
         assert self._start is not None
         return self._start
 
@@ -358,6 +406,11 @@ class DataSilenceRule:
             st.pending = False
             assert st.building is not None
             st.building.pending.remove(st)
+        entry = st.entry
+        if entry is not None:
+            st.last = entry.t if entry.reading is not None else None
+            if not self._own_log:
+                entry.watcher = self.process  # to be given the meter's next reading
         st.reason = reason
         severity = Severity.HIGH if reason == REASON_NO_DATA else Severity.MEDIUM
         ep = make_episode(
@@ -383,9 +436,9 @@ class DataSilenceRule:
         return {
             "device": st.device,
             "reason": st.reason,
-            "last_data_at": cal.iso(st.last),
+            "last_data_at": cal.iso(self._last(st)),
             "silent_since": cal.iso(since),
-            "never_reported": st.last is None,
+            "never_reported": self._last(st) is None,
             "silent_hours": r1((until - since) / 3600.0),
             "threshold_hours": r1(threshold / 3600.0),
             "peer_swipes": peer_swipes,

@@ -29,13 +29,13 @@ Signals (per meter, O(1) per reading)
 
 Recognition by the non-active plateau (meters with voltage and current)
     The non-active envelope is decomposed into loads: a rise of ``min_step_va``..``max_step_va``
-    (40-450 VA) is a new charger candidate, unless the simultaneous real-power step gives it a
+    (50-450 VA) is a new charger candidate, unless the simultaneous real-power step gives it a
     power factor above ``max_pf`` (0.78: fridges, fans, electronics, a shop opening); a drop
     within ``match_tolerance`` (30 %) of a load's level is that load switched off; other drops
     are gradual and taper the candidates; small rises are kept apart. Loads may not add up to
     more than the envelope above the standby floor (otherwise some are gone unseen: dropped).
-    A candidate that has held for ``plateau_hold_s`` (30 min) after it showed in the envelope
-    (so about an hour of charging), still at half its step or more, with at least
+    A candidate that has held for ``plateau_hold_s`` (40 min) after it showed in the envelope
+    (so over an hour of charging), still at half its step or more, with at least
     ``min_quiet_bins`` (3) quiet bins while it was on (a charger draws a steady current), is
     recognised. A plateau longer than ``max_plateau_s`` (10 h) is another continuous load.
 
@@ -48,7 +48,10 @@ Recognition by the taper (every meter)
     bins, no bin carrying more than ``taper_max_drop_fraction`` (60 %) of it, at least
     ``taper_ramp_fraction`` (50 %) of it as a ramp rather than switch-offs, and the envelope
     history shows the plateau before it (held near the top for ``min_plateau_s``, 40 min) and
-    the step up before that (down near the level the run fell to, within ``max_plateau_s``).
+    a single step up of most of the fall before that (within ``max_plateau_s``). On a meter
+    with current, the run must also lose at most ``taper_non_active_fraction`` (20 %) of its
+    fall in non-active power: this path is for chargers with a corrected power factor (and
+    meters without current); low-power-factor chargers are recognised by their plateau.
 
 Raising and clearing
     The episode is raised at the end of the bin in which the signature was recognised (that is

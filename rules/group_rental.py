@@ -49,19 +49,23 @@ Unregistered cards
     is the count for the flat's building, and it counts only through ``hidden_tenants``.
 
 Raising, updates, clearing
-    A flat is suspected when at least ``min_signals`` (2) signals agree and it is not explained
-    by its registration. No evaluation happens before ``warmup_days`` (5) complete local days
-    have been seen (a first day that starts after 06:00 local time is partial and not counted).
-    The episode is raised at the ``raise_after_days``-th (2nd) consecutive evaluation that
-    suspects the flat, ``raised_at`` = that evaluation's time (the local midnight ending the last
-    day of the window). Severity: ``low`` for one signal (only with ``min_signals`` = 1),
-    ``medium`` for two, ``high`` for three or more; it never de-escalates within an episode. An
-    open episode is re-published (UPDATED) only when the severity rises or the occupant estimate
-    moves by ``occupants_update_step`` (2) or more from the last published figure. It clears
-    after ``clear_after_days`` (3) consecutive evaluations that do not suspect it,
-    ``cleared_at`` = the first of them, ``ended_by`` = "signals_gone". The 7-day window and
-    these two hysteresis counts are the rule's minimum episode length: a flat cannot flap from
-    one day to the next.
+    A flat is suspected when at least ``min_signals`` (2) signals agree, it is not explained by
+    its registration, and either ``density`` is among them or the usage is strong: swipes at
+    least ``strong_swipes_ratio`` (2.5) times the building's median, the load at least
+    ``strong_load_ratio`` (1.8) times similar flats', a shared card, or hidden tenants (a
+    flat-share within the legal limits also swipes and cooks more than a couple). No
+    evaluation happens before ``warmup_days`` (5) complete local days have been seen (a first
+    day that starts after 06:00 local time is partial and not counted). The episode is raised
+    at the ``raise_after_days``-th (2nd) consecutive evaluation that suspects the flat,
+    ``raised_at`` = that evaluation's time (the local midnight ending the last day of the
+    window). Severity: ``low`` for one signal (only with ``min_signals`` = 1), ``medium`` for
+    two, ``high`` for three or more; it never de-escalates within an episode. An open episode
+    is re-published (UPDATED) only when the severity rises or the occupant estimate moves by
+    ``occupants_update_step`` (2) or more from the last published figure. It clears after
+    ``clear_after_days`` (3) consecutive evaluations that do not suspect it, ``cleared_at`` =
+    the first of them, ``ended_by`` = "signals_gone". The 7-day window and these two
+    hysteresis counts are the rule's minimum episode length: a flat cannot flap from one day
+    to the next.
 
 Evidence
     ``estimated_occupants``, ``registered_occupants``, ``rooms``, ``floor_area_m2``,
@@ -76,10 +80,13 @@ Evidence
 
 Time and cost
     Days are local days of the site's timezone. A swipe costs a dictionary lookup and two
-    counter increments; a meter reading costs one comparison except once per ``_SAMPLE_S``
-    (5 min) per meter, when its power is added to the day's sums. Memory is bounded by the site
-    (one ring of ``window_days`` counters per card and per flat) plus the unregistered cards seen
-    in the window (cards with no use in the window are forgotten).
+    counter increments. The load is sampled every ``_SAMPLE_S`` (5 min, on the minute grid) from
+    each meter's latest reading in the :class:`rules.common.MeterLog` (a reading older than one
+    sample period is not used): the engine keeps that log, so this rule is not called for meter
+    readings at all, only when a sample or a day's end is due (a rule built without a log keeps
+    its own and records the readings it is given). Memory is bounded by the site (one ring of
+    ``window_days`` counters per card and per flat) plus the unregistered cards seen in the
+    window (cards with no use in the window are forgotten).
 """
 
 from __future__ import annotations
@@ -104,6 +111,8 @@ from contract.site import GroupRentalConfig, Site, Unit
 from rules.base import NO_CHANGES
 from rules.common import (
     SEVERITY_RANK,
+    MeterEntry,
+    MeterLog,
     SiteCalendar,
     Timebase,
     make_episode,
@@ -141,10 +150,10 @@ class _Card:
 class _Meter:
     """5-minute samples of one flat's power for the current day, and per-day figures."""
 
-    __slots__ = ("days", "ev_n", "ev_sum", "n", "next_sample", "total", "va_n", "va_sum")
+    __slots__ = ("days", "entry", "ev_n", "ev_sum", "n", "total", "va_n", "va_sum")
 
-    def __init__(self, window: int) -> None:
-        self.next_sample = 0.0
+    def __init__(self, window: int, entry: MeterEntry) -> None:
+        self.entry = entry  # the meter's latest reading (the meter log)
         self.n = 0
         self.total = 0.0
         self.ev_n = 0
@@ -248,7 +257,6 @@ class GroupRentalRule:
     """
 
     kinds: frozenset[AlertKind] = frozenset({KIND})
-    inputs: frozenset[type[CardSwipe | MeterReading]] = frozenset({CardSwipe, MeterReading})
 
     def __init__(
         self,
@@ -257,6 +265,7 @@ class GroupRentalRule:
         *,
         scope: str = "",
         timebase: Timebase | None = None,
+        meter_log: MeterLog | None = None,
     ) -> None:
         tz = site_zone(site)
         self._cal = SiteCalendar(tz)
@@ -277,11 +286,19 @@ class GroupRentalRule:
             card = _Card(flat, window)
             flat.cards.append(card)
             self._cards[reg.card] = card
-        self._meters: dict[str, _Meter] = {}
+        # The load is sampled every 5 minutes from each meter's latest reading: from the engine's
+        # meter log (then no reading is routed here), or from the rule's own log (then every
+        # reading is, and only recorded).
+        self._own_log = meter_log is None
+        self._log = MeterLog(m.meter_id for m in site.meters) if meter_log is None else meter_log
+        self.inputs: frozenset[type[CardSwipe | MeterReading]] = (
+            frozenset({CardSwipe, MeterReading}) if self._own_log else frozenset({CardSwipe})
+        )
+        self._meters: list[_Meter] = []
         for m in site.meters:
-            meter = _Meter(window)
+            meter = _Meter(window, self._log.entries[m.meter_id])
             flat_of[m.unit_id].meter = meter
-            self._meters[m.meter_id] = meter
+            self._meters.append(meter)
         self._reader_building = {r.reader_id: r.building for r in site.readers}
         self._loose: dict[str, dict[str, _Card]] = {r.building: {} for r in site.readers}
         self._buildings: dict[str, list[_Flat]] = {}
@@ -289,6 +306,8 @@ class GroupRentalRule:
             self._buildings.setdefault(flat.building, []).append(flat)
         self._day_start = 0.0
         self._day_end = -math.inf  # before the first event
+        self._next_sample = math.inf
+        self._due = math.inf  # the earlier of the two
         self._due_dt: datetime | None = None
         self._partial = False
         self._days_seen = 0
@@ -308,16 +327,13 @@ class GroupRentalRule:
         out: list[AlertChange] | None = None
         if t > now:
             self._now = now = t
-            if now >= self._day_end:
-                if self._day_end == -math.inf:
-                    self._begin(now)
-                else:
-                    out = []
-                    self._roll(now, out)
-        if type(event) is MeterReading:
-            meter = self._meters.get(event.meter_id)
-            if meter is not None and now >= meter.next_sample:  # one reading per 5 minutes
-                self._sample(meter, event.power_w, now)
+            if now >= self._due:
+                out = []
+                self._advance(now, out)
+            elif self._day_end == -math.inf:
+                self._begin(now)
+        if type(event) is MeterReading:  # only without the engine's meter log
+            self._log.record(event, now)
         elif type(event) is CardSwipe:
             self._swipe(event)
         return out or NO_CHANGES
@@ -334,18 +350,29 @@ class GroupRentalRule:
 
     # -- events --------------------------------------------------------------------------------
 
-    def _sample(self, meter: _Meter, power: float, now: float) -> None:
-        meter.next_sample = (now // _SAMPLE_S + 1.0) * _SAMPLE_S
-        meter.n += 1
-        meter.total += power
+    def _sample_all(self, at: float) -> bool:
+        """Add each meter's latest reading (if not older than a sample period) to the day."""
         cfg = self._cfg
-        hour = int((now - self._day_start) // 3600.0)
-        if cfg.evening_start_hour <= hour < cfg.evening_end_hour:
-            meter.ev_n += 1
-            meter.ev_sum += power
-        elif cfg.valley_start_hour <= hour < cfg.valley_end_hour:
-            meter.va_n += 1
-            meter.va_sum += power
+        hour = int((at - self._day_start) // 3600.0)
+        evening = cfg.evening_start_hour <= hour < cfg.evening_end_hour
+        valley = cfg.valley_start_hour <= hour < cfg.valley_end_hour
+        fresh = False
+        for meter in self._meters:
+            entry = meter.entry
+            reading = entry.reading
+            if reading is None or at - entry.t > _SAMPLE_S:
+                continue
+            fresh = True
+            power = reading.power_w
+            meter.n += 1
+            meter.total += power
+            if evening:
+                meter.ev_n += 1
+                meter.ev_sum += power
+            elif valley:
+                meter.va_n += 1
+                meter.va_sum += power
+        return fresh
 
     def _swipe(self, event: CardSwipe) -> None:
         card = self._cards.get(event.card)
@@ -369,25 +396,47 @@ class GroupRentalRule:
         cal = self._cal
         self._day_start = cal.day_start(now)
         self._partial = now - self._day_start > _PARTIAL_FIRST_DAY_S
-        self._set_day_end(cal.next_day_start(now))
+        self._day_end = cal.next_day_start(now)
+        self._next_sample = (now // _SAMPLE_S + 1.0) * _SAMPLE_S
+        self._set_due()
 
-    def _set_day_end(self, day_end: float) -> None:
-        self._day_end = day_end
-        self._due_dt = self._cal.dt(day_end)
+    def _set_due(self) -> None:
+        due = min(self._day_end, self._next_sample)
+        if due != self._due:
+            self._due = due
+            self._due_dt = self._cal.dt(due)
 
-    def _roll(self, now: float, out: list[AlertChange]) -> None:
-        """Close every local day that ended at or before ``now``, evaluating after each."""
+    def _advance(self, now: float, out: list[AlertChange]) -> None:
+        """Take the samples and close the days due at or before ``now``, in time order (a day
+        closes before the sample taken at its midnight)."""
+        while True:
+            day_end, sample = self._day_end, self._next_sample
+            if day_end <= sample:
+                if day_end > now:
+                    break
+                self._roll(out)
+            else:
+                if sample > now:
+                    break
+                if self._sample_all(sample):
+                    self._next_sample = sample + _SAMPLE_S
+                else:  # every meter silent: skip to the sample due at (or before) now
+                    self._next_sample = max(
+                        sample + _SAMPLE_S, (min(now, day_end) // _SAMPLE_S) * _SAMPLE_S
+                    )
+        self._set_due()
+
+    def _roll(self, out: list[AlertChange]) -> None:
+        """Close the local day that ends at ``_day_end`` and evaluate."""
         day_end = self._day_end
-        while day_end <= now:
-            self._close_day(keep=not self._partial)
-            if not self._partial:
-                self._days_seen += 1
-                if self._days_seen >= self._cfg.warmup_days:
-                    self._evaluate(day_end, out)
-            self._partial = False
-            self._day_start = day_end
-            day_end = self._cal.next_day_start(day_end)
-        self._set_day_end(day_end)
+        self._close_day(keep=not self._partial)
+        if not self._partial:
+            self._days_seen += 1
+            if self._days_seen >= self._cfg.warmup_days:
+                self._evaluate(day_end, out)
+        self._partial = False
+        self._day_start = day_end
+        self._day_end = self._cal.next_day_start(day_end)
 
     def _close_day(self, *, keep: bool) -> None:
         for card in self._cards.values():
@@ -398,7 +447,7 @@ class GroupRentalRule:
             if keep:
                 flat.days.append(flat.today)
             flat.today = 0
-        for meter in self._meters.values():
+        for meter in self._meters:
             if keep:
                 meter.days.append(
                     (
@@ -589,9 +638,18 @@ class GroupRentalRule:
         load = min(kwh_ratio or 0.0, spread_ratio or 0.0)
         if load >= cfg.load_ratio:
             signals.append(SIG_LOAD)
-        if load >= cfg.hidden_load_ratio and norms.unregistered >= cfg.hidden_min_unregistered:
+        hidden = load >= cfg.hidden_load_ratio and norms.unregistered >= cfg.hidden_min_unregistered
+        if hidden:
             signals.append(SIG_HIDDEN)
-        flagged = not explained and len(signals) >= cfg.min_signals
+        # Without density (the legal criterion) the usage must be strong: a flat-share within
+        # the limits also swipes and cooks more than a couple.
+        strong = bool(limits) or (
+            hidden
+            or fig.shared > 0
+            or load >= cfg.strong_load_ratio
+            or (norm > 0 and x >= cfg.strong_swipes_ratio * norm and SIG_SWIPES in signals)
+        )
+        flagged = not explained and strong and len(signals) >= cfg.min_signals
         evidence: dict[str, EvidenceValue] = {
             "estimated_occupants": est,
             "registered_occupants": registered,

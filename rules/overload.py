@@ -42,8 +42,9 @@ Clearing (hysteresis)
     A reading below ``clear_ratio`` times the rating (95 %) while an episode is open starts a
     pending clear; a reading at or above that level before ``clear_after_s`` has passed cancels
     it. When below-95 % has held ``clear_after_s``, the episode clears with ``cleared_at`` = the
-    first reading of that run, ``ended_by`` = "below_rating". A meter silent for
-    ``stale_after_s`` while an episode is open clears it at last reading + ``stale_after_s``
+    first reading of that run, ``ended_by`` = "below_rating". An open episode survives a gap in
+    the readings shorter than ``episode_stale_s`` (30 min: meters miss polls, and a gap does not
+    end an overload); a meter silent that long clears it at last reading + ``episode_stale_s``
     (``ended_by`` = "silence"). Together the sustain and the hysteresis are the minimum episode
     length and the minimum gap: nothing shorter than 5 min becomes an episode, and a dip shorter
     than 3 min does not split one, so an alert cannot flap.
@@ -179,6 +180,7 @@ class OverloadRule:
         self._clear_ratio = config.clear_ratio
         self._clear_after = config.clear_after_s
         self._stale = config.stale_after_s
+        self._episode_stale = config.episode_stale_s
         self._nominal_v = config.nominal_voltage_v
         self._high_ratio = config.high_ratio
         self._high_after = config.high_after_s
@@ -210,6 +212,16 @@ class OverloadRule:
         return self._deadlines.next_due
 
     def process(self, event: RuleInput) -> Sequence[AlertChange]:
+        if type(event) is MeterReading and not self._heap:
+            # The common case, kept cheap: no deadline pending and a reading at or below the
+            # rating of a meter with no run. Nothing can change, so time is not even read
+            # (finish() is brought up to date by the engine's final Tick).
+            st = self._meters.get(event.meter_id)
+            if st is None:
+                return NO_CHANGES
+            current = event.current_a
+            if current is not None and current <= st.rated and st.since is None:
+                return NO_CHANGES
         ts = event.ts
         tb = self._tb
         t = tb.t if ts is tb.ts else tb.seconds(ts)
@@ -331,12 +343,13 @@ class OverloadRule:
         since = st.since
         if since is None:
             return None
-        stale_at = st.last + self._stale
         if st.episode is None:
+            stale_at = st.last + self._stale
             raise_at = since + self._sustain
             if raise_at <= stale_at:
                 return raise_at, _RAISE
             return stale_at, _DROP_RUN
+        stale_at = st.last + self._episode_stale  # an open episode survives a short gap
         if st.clear_since is not None:
             return min(st.clear_since + self._clear_after, stale_at), _CLEAR
         if not st.high and since + self._high_after < stale_at:

@@ -199,7 +199,9 @@ async def test_noise_before_replies_is_skipped(transport: Transport) -> None:
         sim.line.noise = b"\x00\xff"  # a badly biased line at every turnaround
         sim.line.noise_next = 6
         async with _running(sim) as (poller, events):
-            got = await collect_until(events, _each_read(4))
+            got = await collect_until(events, _each_read(2))
+            sim.write_noise(b"\xff\x00\x13")  # and a burst between transactions
+            got += await collect_until(events, _each_read(2))
     assert sim.line.noised == 6
     assert not _faults(got)
     assert poller.counters["bad_responses"] == poller.counters["timeouts"] == 0

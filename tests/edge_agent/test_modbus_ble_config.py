@@ -163,6 +163,11 @@ def test_every_transport_profile_and_bindkey() -> None:
             id="zero-scale",
         ),
         pytest.param(
+            '[[modbus]]\nhost = "h"\nmeters = [{meter_id = "a", slave = 1, profile = "generic", registers = [{field = "power_w", address = 0}, {field = "voltage_v", address = 1, data_type = "uint16"}]}]',
+            "overlap at address 1",
+            id="overlapping-registers",
+        ),
+        pytest.param(
             '[[modbus_tcp]]\ntransport = "rtu"\nhost = "h"\nmeters = [{meter_id = "a", slave = 1}]',
             "modbus_tcp.0.transport",
             id="modbus-tcp-is-tcp",

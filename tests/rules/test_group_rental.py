@@ -211,3 +211,14 @@ def test_shared_card_counts_as_several_people() -> None:
 def test_same_input_gives_the_same_output() -> None:
     flats = [*neighbours(), rental()]
     assert run(flats, days=9)[1] == run(flats, days=9)[1]
+
+
+def test_a_flat_share_within_the_limits_is_not_flagged_on_moderate_usage() -> None:
+    # 4 tenants in 2 rooms: twice the building's swipes and a busier evening, but legal.
+    share = Flat(unit="1-22", cards=4, evening_w=600.0, valley_w=80.0)
+    _, changes = run([*neighbours(), share], days=10)
+    assert changes == []
+    # The same flat with a far busier evening (load >= 1.8 x similar flats) is suspected.
+    crowded = Flat(unit="1-22", cards=4, evening_w=1200.0, valley_w=80.0)
+    _, changes = run([*neighbours(), crowded], days=10)
+    assert [c.episode.evidence["signals"] for c in changes] == ["swipes,load"]

@@ -191,12 +191,20 @@ def test_current_between_95_and_100_percent_neither_raises_nor_clears() -> None:
     assert len(eng.open_episodes()) == 1
 
 
+def test_a_gap_in_the_readings_does_not_split_an_episode() -> None:
+    # 14 minutes without readings in the middle of an overload (a meter missing polls).
+    events = [*series(DAY, 600, 45.0), *series(DAY + s(1440), 600, 45.0), Tick(DAY + s(2100))]
+    eng = engine()
+    assert [c.change for c in feed(eng, events)] == [Change.RAISED]
+    assert len(eng.open_episodes()) == 1
+
+
 def test_a_silent_meter_clears_an_open_episode_at_last_reading_plus_stale() -> None:
     eng = engine()
     feed(eng, series(DAY, 600, 45.0))
-    changes = feed(eng, [Tick(DAY + s(2000))])
+    changes = feed(eng, [Tick(DAY + s(4000))])
     assert [c.change for c in changes] == [Change.CLEARED]
-    assert changes[0].episode.cleared_at == DAY + s(590 + 180)
+    assert changes[0].episode.cleared_at == DAY + s(590 + 1800)
     assert changes[0].episode.evidence["ended_by"] == "silence"
 
 
