@@ -292,10 +292,14 @@ class EbikeChargingSuspectedConfig(_Strict):
         "kettles, cookers and fridge cycles, keeps continuous loads such as a charger",
     )
     min_step_w: float = Field(
-        default=60.0, gt=0, description="smallest charger step (meters without current)"
+        default=60.0,
+        gt=0,
+        description="smallest fall a taper of real power must make (the charger's step)",
     )
     max_step_w: float = Field(
-        default=500.0, gt=0, description="largest charger step (60 V+ packs; heaters are kW)"
+        default=500.0,
+        gt=0,
+        description="largest fall a taper of real power may make (60 V+ packs; heaters are kW)",
     )
     min_step_va: float = Field(
         default=50.0,
@@ -318,7 +322,9 @@ class EbikeChargingSuspectedConfig(_Strict):
         "electronics: higher)",
     )
     min_plateau_s: float = Field(
-        default=2400.0, ge=0, description="the constant-current plateau must hold this long"
+        default=2400.0,
+        ge=0,
+        description="before a taper, the constant-current plateau must have held this long",
     )
     max_plateau_s: float = Field(
         default=10 * 3600.0,
@@ -335,16 +341,21 @@ class EbikeChargingSuspectedConfig(_Strict):
         default=0.15,
         gt=0,
         lt=1,
-        description="the taper starts when the step's level falls this fraction below its peak",
+        description="with voltage and current, a candidate's taper starts when its level falls "
+        "this fraction below its step; before a taper of real power, the plateau may sag by "
+        "twice this fraction of the fall",
     )
     recognise_fraction: float = Field(
         default=0.5,
         gt=0,
         lt=1,
-        description="raise once the step has tapered gradually to this fraction of its peak",
+        description="with voltage and current, a candidate is recognised on its plateau only "
+        "while it still holds this fraction of its step",
     )
     min_taper_s: float = Field(
-        default=600.0, ge=0, description="the taper must have lasted this long to be recognised"
+        default=600.0,
+        ge=0,
+        description="a taper of real power must have lasted this long to be recognised",
     )
     max_taper_s: float = Field(
         default=4 * 3600.0, gt=0, description="a taper longer than this ends the session"
@@ -385,7 +396,8 @@ class EbikeChargingSuspectedConfig(_Strict):
         default=0.6,
         gt=0,
         le=1,
-        description="at most this fraction of a step can taper away within one bin",
+        description="with voltage and current, at most this fraction of a candidate's step can "
+        "taper away within one bin",
     )
     tail_fraction: float = Field(
         default=0.15,

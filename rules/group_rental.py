@@ -94,7 +94,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from statistics import median
 
 from contract.alerts import (
@@ -126,6 +126,7 @@ KIND = AlertKind.SUSPECTED_GROUP_RENTAL
 ENDED_BY_GONE = "signals_gone"
 
 _SAMPLE_S = 300.0
+_BEFORE_START = datetime.min.replace(tzinfo=UTC)
 _MIN_DAY_SAMPLES = 144  # half a day of 5-minute samples makes a day's load figures usable
 _PARTIAL_FIRST_DAY_S = 6 * 3600.0
 _MIN_PEERS = 5
@@ -317,6 +318,8 @@ class GroupRentalRule:
 
     @property
     def next_due(self) -> datetime | None:
+        if self._day_end == -math.inf:
+            return _BEFORE_START  # asks for the first event of any kind: day one starts there
         return self._due_dt
 
     def process(self, event: RuleInput) -> Sequence[AlertChange]:

@@ -245,3 +245,26 @@ def test_ticks_change_only_when_a_change_is_seen() -> None:
     with_ticks = feed(engine(), [*events, *(Tick(START + i * H) for i in range(1, 125)), *later])
     without = feed(engine(), [*events, *later])
     assert [c.episode for c in with_ticks] == [c.episode for c in without]
+
+
+def test_the_default_engine_with_its_meter_log_gives_the_same_episodes() -> None:
+    # The engine records meter readings in its log; the rule sees a meter's reading only once
+    # it has asked for it (the meter is silent). Same input, same episodes as the rule alone.
+    last = START + 10 * H
+    back = last + DAYS5 + 3 * H
+    stream: list[RuleInput] = [
+        *alive(START, last + H),
+        *alive(last + H, back, skip=("m-3-301",)),
+        meter(back),
+        *alive(back + H, back + 5 * H),
+    ]
+    standalone = feed(engine(), stream)
+    default = RuleEngine(SITE, RulesConfig(), scope=SCOPE)
+    assert [c for c in feed(default, stream) if c.episode.kind is AlertKind.DATA_SILENCE] == (
+        standalone
+    )
+    mine = [c for c in standalone if c.episode.subject == METER]
+    assert [(c.change, c.episode.cleared_at) for c in mine] == [
+        (Change.RAISED, None),
+        (Change.CLEARED, back),
+    ]

@@ -222,3 +222,15 @@ def test_a_flat_share_within_the_limits_is_not_flagged_on_moderate_usage() -> No
     crowded = Flat(unit="1-22", cards=4, evening_w=1200.0, valley_w=80.0)
     _, changes = run([*neighbours(), crowded], days=10)
     assert [c.episode.evidence["signals"] for c in changes] == ["swipes,load"]
+
+
+def test_the_default_engine_with_its_meter_log_gives_the_same_episodes() -> None:
+    # In the default engine the rule reads the meters from the engine's log and is not called
+    # for readings; built on its own it takes them. Same input, same episodes.
+    flats = [*neighbours(), rental(), Flat(unit="1-44", cards=2, evening_w=1600.0)]
+    s = site(flats)
+    stream = [*events(flats, 10, unregistered=3), Tick(START + 10 * DAY)]
+    standalone = run(flats, days=10, unregistered=3)[1]
+    eng = RuleEngine(s, RulesConfig(), scope=SCOPE)
+    assert feed(eng, stream) == standalone
+    assert [ep.subject.unit_id for ep in eng.finish()] == ["1-44", "1-99"]
