@@ -16,6 +16,7 @@ import heapq
 import math
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, time, timedelta
+from typing import Protocol, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from contract.alerts import (
@@ -153,6 +154,15 @@ class SiteCalendar:
         return self.next_hour(a, start) <= b
 
 
+class Scheduled(Protocol):
+    """A rule's per-device state as :meth:`Deadlines.run_due` sees it."""
+
+    scheduled: float | None
+
+
+S = TypeVar("S", bound=Scheduled)
+
+
 class Deadlines:
     """A min-heap of ``(time, index)`` with lazy invalidation, and ``next_due`` as a datetime.
 
@@ -176,6 +186,35 @@ class Deadlines:
 
     def pop(self) -> tuple[float, int]:
         return heapq.heappop(self.heap)
+
+    def run_due(
+        self,
+        now: float,
+        states: Sequence[S],
+        next_action: Callable[[S], tuple[float, int] | None],
+        fire: Callable[[S, float, int], None],
+    ) -> None:
+        """Handle every entry due at or before ``now``, in time order.
+
+        ``next_action(state)`` gives a state's next ``(time, action)``; an action due by the
+        popped entry's time is fired, then the state is re-filed at its following deadline.
+        Stale entries (the state was re-scheduled since) are skipped.
+        """
+        heap = self.heap
+        while heap and heap[0][0] <= now:
+            due, index = heapq.heappop(heap)
+            st = states[index]
+            if st.scheduled != due:
+                continue  # superseded by an earlier entry that was already handled
+            nxt = next_action(st)
+            if nxt is not None and nxt[0] <= due:
+                fire(st, nxt[0], nxt[1])
+                nxt = next_action(st)
+            if nxt is None:
+                st.scheduled = None
+            else:
+                st.scheduled = nxt[0]
+                heapq.heappush(heap, (nxt[0], index))
 
     @property
     def next_due(self) -> datetime | None:

@@ -357,23 +357,9 @@ class OverloadRule:
         return stale_at, _STALE
 
     def _advance(self, now: float, out: list[AlertChange]) -> None:
-        deadlines = self._deadlines
-        heap = deadlines.heap
-        meters = self._by_index
-        while heap and heap[0][0] <= now:
-            due, index = deadlines.pop()
-            st = meters[index]
-            if st.scheduled != due:
-                continue  # superseded by an earlier entry that was already handled
-            nxt = self._next(st)
-            if nxt is not None and nxt[0] <= due:
-                self._fire(st, nxt[0], nxt[1], out)
-                nxt = self._next(st)
-            if nxt is None:
-                st.scheduled = None
-            else:
-                st.scheduled = nxt[0]
-                deadlines.push(nxt[0], index)
+        self._deadlines.run_due(
+            now, self._by_index, self._next, lambda st, at, action: self._fire(st, at, action, out)
+        )
 
     def _fire(self, st: _Meter, at: float, action: int, out: list[AlertChange]) -> None:
         if action == _RAISE:
