@@ -205,7 +205,9 @@ async def test_noise_before_replies_is_skipped(transport: Transport) -> None:
     assert sim.line.noised == 6
     assert not _faults(got)
     assert poller.counters["bad_responses"] == poller.counters["timeouts"] == 0
-    assert [r.power_w for r in _readings(got, "m-1-101")] == [pytest.approx(1500.0)] * 4
+    powers = [r.power_w for r in _readings(got, "m-1-101")]
+    # at least 2 + 2 reads (the last poll round may add one more before collection stops)
+    assert len(powers) >= 4 and powers == [pytest.approx(1500.0)] * len(powers)
 
 
 @pytest.mark.parametrize("transport", RTU)
@@ -239,7 +241,8 @@ async def test_split_frames_are_reassembled(transport: Transport) -> None:
             got = await collect_until(events, _each_read(3))
     assert not _faults(got)
     assert poller.counters["bad_responses"] == poller.counters["timeouts"] == 0
-    assert [r.power_w for r in _readings(got, "m-1-102")] == [pytest.approx(320.5)] * 3
+    powers = [r.power_w for r in _readings(got, "m-1-102")]
+    assert len(powers) >= 3 and powers == [pytest.approx(320.5)] * len(powers)
 
 
 @pytest.mark.parametrize("transport", ALL)
