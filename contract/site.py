@@ -119,7 +119,14 @@ class EbikeChargingConfig(_Strict):
         default=60.0, ge=0, description="not-charging must hold this long to clear (hysteresis)"
     )
     stale_after_s: float = Field(
-        default=900.0, gt=0, description="no report for this long ends the episode"
+        default=3600.0,
+        gt=0,
+        description=(
+            "no report for this long ends the episode. BLE adverts are lost for minutes at a "
+            "time (interference, the bike's frame shielding the sensor) while the charger stays "
+            "plugged in for hours, so a shorter value splits one charging session into several "
+            "alerts"
+        ),
     )
     peak_update_ratio: float = Field(
         default=1.10,

@@ -333,7 +333,7 @@ def test_charging_after_a_clear_is_a_new_episode_after_a_full_sustain() -> None:
 
 
 def test_silent_sensor_clears_at_last_report_plus_stale_after() -> None:
-    eng = engine()
+    eng = engine(config(stale_after_s=900))
     changes = feed(eng, [on(DAY, STAIR, power=170.0), on(DAY + s(300), STAIR), tick(DAY + s(5000))])
     stale_at = DAY + s(300 + 900)
     assert changes == [
