@@ -51,6 +51,7 @@ from serial_asyncio_fast import connection_for_serial, open_serial_connection
 
 from contract.events import DeviceFault, MeterReading
 from drivers.base import Backoff, DeviceState, DriverConfigError, DriverCounters, utc_now
+from drivers.framing import StreamDecoder
 
 __all__ = [
     "BROADCAST_ADDRESS",
@@ -379,38 +380,17 @@ def decode(buf: bytes) -> tuple[Frame | Malformed | None, int]:
     return _interpret(address, body[8], data), total
 
 
-class Dlt645Decoder:
+class Dlt645Decoder(StreamDecoder[Frame | Malformed]):
     """Sans-IO stream decoder over :func:`decode` (a frame is at most 216 bytes, so the buffer
-    never holds more than one partial frame).
-
-    A run of garbage is reported once (one resynchronisation), however the bytes were split
-    into reads.
+    never holds more than one partial frame). A run of garbage is reported once.
     """
 
     def __init__(self) -> None:
-        self._buf = b""
-        self._in_garbage = False
+        super().__init__(decode, _is_garbage)
 
-    def feed(self, data: bytes) -> list[Frame | Malformed]:
-        buf = self._buf + data
-        out: list[Frame | Malformed] = []
-        while buf:
-            item, used = decode(buf)
-            if used == 0:
-                break
-            buf = buf[used:]
-            if item is None:
-                continue
-            garbage = isinstance(item, Malformed) and item.reason == "garbage"
-            if not (garbage and self._in_garbage):
-                out.append(item)
-            self._in_garbage = garbage
-        self._buf = buf
-        return out
 
-    def clear(self) -> None:
-        self._buf = b""
-        self._in_garbage = False
+def _is_garbage(item: Frame | Malformed) -> bool:
+    return isinstance(item, Malformed) and item.reason == "garbage"
 
 
 # -- the adapter --------------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from serial_asyncio_fast import open_serial_connection
 from contract.events import DeviceFault
 from drivers.base import Backoff, DeviceState, DriverConfigError, DriverCounters, utc_now
 from drivers.events import CardRead
+from drivers.framing import StreamDecoder
 from drivers.wiegand import (
     ALL_FORMATS,
     FormatName,
@@ -389,34 +390,18 @@ class CardLineDecoder:
         return out
 
 
-class Em4100Decoder:
+class Em4100Decoder(StreamDecoder[LineResult]):
     """Sans-IO stream decoder over :func:`decode_em4100` (frames are at most 16 bytes, so the
-    buffer never holds more than one partial frame).
-
-    A run of garbage is reported once, however the bytes were split into reads, so that the
+    buffer never holds more than one partial frame). A run of garbage is reported once, so the
     ``garbage`` counter counts resynchronisations, not read boundaries.
     """
 
     def __init__(self) -> None:
-        self._buf = b""
-        self._in_garbage = False
+        super().__init__(decode_em4100, _is_garbage)
 
-    def feed(self, data: bytes) -> list[LineResult]:
-        buf = self._buf + data
-        out: list[LineResult] = []
-        while buf:
-            result, used = decode_em4100(buf)
-            if used == 0:
-                break
-            buf = buf[used:]
-            if result is None:
-                continue
-            garbage = isinstance(result, Malformed) and result.reason == "garbage"
-            if not (garbage and self._in_garbage):
-                out.append(result)
-            self._in_garbage = garbage
-        self._buf = buf
-        return out
+
+def _is_garbage(item: LineResult) -> bool:
+    return isinstance(item, Malformed) and item.reason == "garbage"
 
 
 def make_decoder(
