@@ -155,6 +155,33 @@ class AlertMessage(Envelope):
     evidence: dict[str, EvidenceValue] = Field(default_factory=dict)
 
 
+class ConfigState(Envelope):
+    """What the agent did with a desired config (``down/config``): applied, rejected, rolled back.
+
+    ``version``/``hash`` identify the config this report is about; ``applied_version`` and
+    ``applied_hash`` the one now running (after a rejection or rollback: the previous one).
+    """
+
+    type: Literal["config_state"] = "config_state"
+    status: Literal["applied", "rejected", "rolled_back", "unchanged"]
+    version: int = Field(ge=0)
+    hash: str = Field(min_length=1, max_length=128)
+    applied_version: int | None = Field(default=None, ge=0)
+    applied_hash: str | None = Field(default=None, max_length=128)
+    reason: str | None = Field(default=None, max_length=2000)
+
+
+class CommandResult(Envelope):
+    """The answer to a ``down/cmd`` command, matched by ``correlation_id``."""
+
+    type: Literal["cmd_result"] = "cmd_result"
+    correlation_id: str = Field(min_length=1, max_length=64)
+    command: str = Field(min_length=1, max_length=64)
+    ok: bool
+    detail: str | None = Field(default=None, max_length=2000)
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
 _MODEL_OF: dict[Up, type[Envelope]] = {
     Up.BIRTH: Birth,
     Up.DEATH: Death,
@@ -163,6 +190,8 @@ _MODEL_OF: dict[Up, type[Envelope]] = {
     Up.CARD: CardSwipeEvent,
     Up.CHARGING: ChargingEvent,
     Up.ALERT: AlertMessage,
+    Up.CONFIG_STATE: ConfigState,
+    Up.CMD_RESULT: CommandResult,
 }
 
 

@@ -24,6 +24,8 @@ class Up(StrEnum):
     CARD = "card"
     CHARGING = "charging"
     ALERT = "alert"
+    CONFIG_STATE = "config_state"
+    CMD_RESULT = "cmd_result"
 
 
 class Down(StrEnum):
