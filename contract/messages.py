@@ -83,13 +83,41 @@ class DeviceStatus(BaseModel):
     counters: dict[str, int] = Field(default_factory=dict)
 
 
+class TaskHealth(BaseModel):
+    """One supervised task of the agent (a driver, the uplink, the rules, ...)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    running: bool
+    failures: int = Field(default=0, ge=0)
+    restarts: int = Field(default=0, ge=0)
+    last_error: str | None = Field(default=None, max_length=500)
+    last_failure_at: AwareDatetime | None = None
+
+
 class Heartbeat(Envelope):
+    """Gateway health. Every field after ``devices`` is optional (added in issue 4)."""
+
     type: Literal["heartbeat"] = "heartbeat"
     uptime_s: float = Field(ge=0)
     agent_version: str
     outbox_depth: int = Field(default=0, ge=0)
     outbox_oldest_age_s: float | None = None
     devices: dict[str, DeviceStatus] = Field(default_factory=dict)
+    cpu_temp_c: float | None = None
+    load_avg: tuple[float, float, float] | None = None
+    mem_rss_bytes: int | None = Field(default=None, ge=0)
+    mem_available_bytes: int | None = Field(default=None, ge=0)
+    disk_free_bytes: int | None = Field(default=None, ge=0)
+    tasks: dict[str, TaskHealth] = Field(default_factory=dict)
+    config_version: int | None = Field(default=None, ge=0)
+    config_hash: str | None = Field(default=None, max_length=128)
+    outbox_fault: str | None = Field(
+        default=None, max_length=64, description="e.g. 'disk_full' while the outbox cannot store"
+    )
+    outbox_counters: dict[str, int] = Field(
+        default_factory=dict, description="outbox counters: drops, disk-full errors, ..."
+    )
 
 
 class MeterSample(BaseModel):

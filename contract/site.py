@@ -128,6 +128,17 @@ class EbikeChargingConfig(_Strict):
             "alerts"
         ),
     )
+    resume_within_s: float = Field(
+        default=21600.0,
+        ge=0,
+        description=(
+            "an episode whose sensor went silent is held this long after the last report: a "
+            "charging report within it continues the same episode (a BLE sensor can drop out "
+            "for hours while the charger stays plugged in, and a charge lasts up to 8-10 h); "
+            "otherwise it clears at the last report + stale_after_s. At or below "
+            "stale_after_s, silence clears at once"
+        ),
+    )
     peak_update_ratio: float = Field(
         default=1.10,
         ge=1.0,
@@ -232,6 +243,13 @@ class GroupRentalConfig(_Strict):
         ge=1,
         description="... in a building where at least this many unregistered cards are in "
         "daily use (people live there whom the card list does not place)",
+    )
+    over_registration_margin: int = Field(
+        default=2,
+        ge=1,
+        description="the over-registration signal: at least this many more card holders in "
+        "daily use than the flat's registered_occupants (people live there whom the household "
+        "registration does not list: the 治安 hazard of unregistered tenants, seed 002)",
     )
     strong_swipes_ratio: float = Field(
         default=2.5,

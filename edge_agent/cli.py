@@ -10,17 +10,20 @@ import signal
 import sys
 from pathlib import Path
 
-from edge_agent.config import ConfigError, load_config
+from edge_agent.config import ConfigError
+from edge_agent.desired import load_effective_config
 from edge_agent.scan_cli import add_scan_parser
 
 log = logging.getLogger(__name__)
+
+DEFAULT_CONFIG = Path("/etc/edge-agent/agent.toml")
 
 
 async def _run(config_path: Path) -> int:
     from edge_agent.agent import Agent  # noqa: PLC0415 - keep `--help` fast
 
-    config = load_config(config_path)
-    agent = Agent(config)
+    effective = load_effective_config(config_path)
+    agent = Agent(effective.config, base=effective.base, config_path=config_path)
     task = asyncio.create_task(agent.run(), name="agent")
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -28,6 +31,27 @@ async def _run(config_path: Path) -> int:
     with contextlib.suppress(asyncio.CancelledError):
         await task
     log.info("agent stopped")
+    return 0
+
+
+def _enroll(args: argparse.Namespace) -> int:
+    from edge_agent.agent import agent_version  # noqa: PLC0415
+    from edge_agent.enroll import EnrollError, default_owner, enroll  # noqa: PLC0415
+
+    try:
+        result = enroll(
+            args.server,
+            args.token,
+            config_path=args.config,
+            state_dir=args.state_dir,
+            force=args.force,
+            owner=args.owner or default_owner(),
+            agent_version=agent_version(),
+        )
+    except EnrollError as exc:
+        print(f"edge-agent enroll: {exc}", file=sys.stderr)
+        return 1
+    print(result.summary())
     return 0
 
 
@@ -44,6 +68,17 @@ def main(argv: list[str] | None = None) -> None:
     rp.add_argument("--input", type=Path, required=True, help="events.jsonl")
     rp.add_argument("--output", type=Path, required=True, help="alerts.jsonl to write")
     rp.add_argument("--config", type=Path, help="agent config TOML whose [rules] table to use")
+    en = sub.add_parser("enroll", help="exchange a one-time code for this gateway's identity")
+    en.add_argument("--server", required=True, help="the fleet manager, e.g. https://fleet.example")
+    en.add_argument("--token", required=True, help="the one-time enrollment code")
+    en.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    en.add_argument("--state-dir", type=Path, help="default: the config's or /var/lib/edge-agent")
+    en.add_argument("--force", action="store_true", help="re-enroll an enrolled gateway")
+    en.add_argument("--owner", help="give the files to this user (default: edge-agent as root)")
+    doc = sub.add_parser("doctor", help="check config, disk, clock, broker and every device")
+    doc.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
+    doc.add_argument("--device-timeout", type=float, default=10.0, help="seconds per device")
+    doc.add_argument("--lang", choices=["zh", "en"], help="default: zh (en when LANG=en*)")
     add_scan_parser(sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
@@ -66,9 +101,24 @@ def main(argv: list[str] | None = None) -> None:
 
             sys.exit(run_replay(args.site, args.input, args.output, args.config))
         if args.command == "check-config":
-            cfg = load_config(args.config)
-            print(f"{args.config}: ok (gateway {cfg.gateway_id})")
+            eff = load_effective_config(args.config)
+            desired = f", desired config version {eff.desired.version}" if eff.desired else ""
+            print(f"{args.config}: ok (gateway {eff.config.gateway_id}{desired})")
             sys.exit(0)
+        if args.command == "enroll":
+            sys.exit(_enroll(args))
+        if args.command == "doctor":
+            from edge_agent.doctor import default_lang, doctor  # noqa: PLC0415
+
+            # the table says what failed; the drivers' own warnings would only repeat it
+            logging.getLogger().setLevel(max(logging.ERROR, logging.getLogger().level))
+            sys.exit(
+                doctor(
+                    args.config,
+                    lang=args.lang or default_lang(),
+                    device_timeout_s=args.device_timeout,
+                )
+            )
         sys.exit(asyncio.run(_run(args.config)))
     except ConfigError as exc:
         print(f"edge-agent: {exc}", file=sys.stderr)

@@ -36,6 +36,17 @@ class MqttConfig(_Model):
     keepalive_s: int = Field(default=30, ge=5, le=600)
     tls: bool = False
     ca_file: Path | None = None
+    will_delay_s: int = Field(
+        default=10,
+        ge=0,
+        le=3600,
+        description="MQTT 5 will delay: a reconnect within this long sends no death; 0: off",
+    )
+    max_inflight: int = Field(default=200, ge=1, le=65535, description="unacknowledged QoS 1")
+
+    @property
+    def use_tls(self) -> bool:
+        return self.tls or urlparse(self.url).scheme == "mqtts"
 
     @property
     def host(self) -> str:
@@ -51,6 +62,23 @@ class MqttConfig(_Model):
         if urlparse(self.url).scheme not in ("mqtt", "mqtts"):
             raise ValueError(f"mqtt.url must start with mqtt:// or mqtts://, got {self.url!r}")
         return self
+
+
+class OutboxConfig(_Model):
+    """The durable outbox (docs/outbox.md)."""
+
+    disk_budget_mb: float = Field(
+        default=512.0, gt=0, description="above this, old telemetry is downsampled (never alerts)"
+    )
+    reserve_mb: float = Field(
+        default=8.0, ge=0, description="space held back so alerts still fit on a full disk"
+    )
+    historical_after_s: float = Field(
+        default=30.0, ge=0, description="a message older than this when sent is historical"
+    )
+    audit: bool = Field(
+        default=False, description="keep every committed message id (tests, diagnostics)"
+    )
 
 
 class ModbusRegisterConfig(_Model):
@@ -265,7 +293,13 @@ class AgentConfig(_Model):
     heartbeat_interval_s: float = Field(default=30.0, gt=0)
     telemetry_batch_s: float = Field(default=10.0, gt=0)
     tick_interval_s: float = Field(default=1.0, gt=0)
+    config_rollback_grace_s: float = Field(
+        default=60.0,
+        gt=0,
+        description="a pushed config under which every driver fails this long is rolled back",
+    )
     mqtt: MqttConfig = Field(default_factory=MqttConfig)
+    outbox: OutboxConfig = Field(default_factory=OutboxConfig)
     modbus_tcp: list[ModbusTcpConfig] = Field(default_factory=list)
     modbus: list[ModbusBusConfig] = Field(default_factory=list)
     serial_readers: list[SerialReaderConfig] = Field(default_factory=list)

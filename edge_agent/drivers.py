@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import functools
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from urllib.parse import urlparse
+
+from pydantic import BaseModel, SecretStr
 
 from contract.messages import DeviceInfo
 from drivers.base import Driver
@@ -18,7 +23,7 @@ from drivers.modbus_meter import (
 )
 from drivers.serial_card import SerialCardReader
 from drivers.wiegand import WiegandReader
-from edge_agent.config import AgentConfig, ModbusBusConfig, ModbusMeterConfig
+from edge_agent.config import AgentConfig, BleConfig, ModbusBusConfig, ModbusMeterConfig
 
 
 def _link_spec(bus: ModbusBusConfig) -> LinkSpec:
@@ -48,9 +53,10 @@ def _meter_spec(m: ModbusMeterConfig) -> MeterSpec:
     return MeterSpec(m.meter_id, m.slave, m.profile, m.function_code, m.interval_s, m.timeout_s)
 
 
-def build_modbus(bus: ModbusBusConfig) -> ModbusMeterPoller:
+def build_modbus(bus: ModbusBusConfig, name: str | None = None) -> ModbusMeterPoller:
     """One poller per bus (one serialised transaction queue per port or connection)."""
     return ModbusMeterPoller(
+        name=name,
         link=ModbusLink(_link_spec(bus)),
         meters=[_meter_spec(m) for m in bus.meters],
         interval_s=bus.interval_s,
@@ -59,51 +65,123 @@ def build_modbus(bus: ModbusBusConfig) -> ModbusMeterPoller:
     )
 
 
-def build_drivers(config: AgentConfig) -> Iterator[Driver]:
+@dataclass(frozen=True, slots=True)
+class DriverSpec:
+    """One driver the config asks for: a stable ``name``, the ``key`` of its config section (two
+    specs with the same name and key build the same driver) and how to build it."""
+
+    name: str
+    key: str
+    build: Callable[[], Driver]
+
+
+def _modbus_name(bus: ModbusBusConfig) -> str:
+    spec = _link_spec(bus)
+    return f"modbus-{spec.kind}:{spec.describe()}"  # the name ModbusLink gives itself
+
+
+def _ble_driver(ble: BleConfig, name: str) -> Driver:
+    if ble.source == "bleak":
+        source: BleakAdvertSource | FeedAdvertSource = BleakAdvertSource(adapter=ble.adapter)
+    else:
+        feed = urlparse(ble.source)
+        source = FeedAdvertSource(feed.hostname or "127.0.0.1", feed.port or 0)
+    bindkeys = {s.mac.upper(): key for s in ble.sensors if (key := s.bindkey_bytes())}
+    return BleChargingSensors(
+        sensors={s.mac.upper(): s.sensor_id for s in ble.sensors},
+        source=source,
+        bindkeys=bindkeys,
+        watchdog_s=ble.watchdog_s or None,
+        offline_after_s=ble.offline_after_s,
+        name=name,
+    )
+
+
+def _key(section: BaseModel) -> str:
+    # Secrets (BLE bindkeys) take part in the comparison but never leave this process.
+    dumped = section.model_dump(mode="python")
+    return json.dumps(dumped, sort_keys=True, default=_secret_default)
+
+
+def _secret_default(value: object) -> str:
+    if isinstance(value, SecretStr):
+        return value.get_secret_value()
+    return str(value)
+
+
+def driver_specs(config: AgentConfig) -> dict[str, DriverSpec]:
+    """Every driver of ``config`` by name (names are stable across config changes)."""
+    specs: dict[str, DriverSpec] = {}
+
+    def add(name: str, section: BaseModel, build: Callable[[str], Driver]) -> None:
+        unique, n = name, 1
+        while unique in specs:
+            n += 1
+            unique = f"{name}#{n}"
+        specs[unique] = DriverSpec(unique, _key(section), functools.partial(build, unique))
+
     for bus in [*config.modbus_tcp, *config.modbus]:
-        yield build_modbus(bus)
+        add(_modbus_name(bus), bus, functools.partial(build_modbus, bus))
     for reader in config.serial_readers:
-        yield SerialCardReader(
-            url=reader.url,
-            reader_id=reader.reader_id,
-            baudrate=reader.baudrate,
-            frame_format=reader.frame_format,
-            w34_uid=reader.w34_uid,
+        add(
+            f"serial:{reader.reader_id}",
+            reader,
+            functools.partial(
+                lambda r, name: SerialCardReader(
+                    url=r.url,
+                    reader_id=r.reader_id,
+                    baudrate=r.baudrate,
+                    frame_format=r.frame_format,
+                    w34_uid=r.w34_uid,
+                    name=name,
+                ),
+                reader,
+            ),
         )
     for wiegand in config.wiegand_readers:
-        yield WiegandReader(
-            chip=wiegand.chip,
-            d0=wiegand.d0,
-            d1=wiegand.d1,
-            reader_id=wiegand.reader_id,
-            idle_ms=wiegand.idle_ms,
-            formats=wiegand.formats,
-            w34_uid=wiegand.w34_uid,
+        add(
+            f"wiegand:{wiegand.reader_id}",
+            wiegand,
+            functools.partial(
+                lambda w, name: WiegandReader(
+                    chip=w.chip,
+                    d0=w.d0,
+                    d1=w.d1,
+                    reader_id=w.reader_id,
+                    idle_ms=w.idle_ms,
+                    formats=w.formats,
+                    w34_uid=w.w34_uid,
+                    name=name,
+                ),
+                wiegand,
+            ),
         )
     for dlt in config.dlt645:
-        yield Dlt645Poller(
-            url=dlt.url,
-            baudrate=dlt.baudrate,
-            parity=dlt.parity,
-            meters=[Dlt645MeterSpec(m.meter_id, m.address) for m in dlt.meters],
-            interval_s=dlt.interval_s,
-            timeout_s=dlt.timeout_s,
+        add(
+            f"dlt645:{dlt.url}",
+            dlt,
+            functools.partial(
+                lambda d, name: Dlt645Poller(
+                    url=d.url,
+                    baudrate=d.baudrate,
+                    parity=d.parity,
+                    meters=[Dlt645MeterSpec(m.meter_id, m.address) for m in d.meters],
+                    interval_s=d.interval_s,
+                    timeout_s=d.timeout_s,
+                    name=name,
+                ),
+                dlt,
+            ),
         )
     ble = config.ble
     if ble is not None and ble.sensors:
-        if ble.source == "bleak":
-            source: BleakAdvertSource | FeedAdvertSource = BleakAdvertSource(adapter=ble.adapter)
-        else:
-            feed = urlparse(ble.source)
-            source = FeedAdvertSource(feed.hostname or "127.0.0.1", feed.port or 0)
-        bindkeys = {s.mac.upper(): key for s in ble.sensors if (key := s.bindkey_bytes())}
-        yield BleChargingSensors(
-            sensors={s.mac.upper(): s.sensor_id for s in ble.sensors},
-            source=source,
-            bindkeys=bindkeys,
-            watchdog_s=ble.watchdog_s or None,
-            offline_after_s=ble.offline_after_s,
-        )
+        add("ble-charging", ble, functools.partial(_ble_driver, ble))
+    return specs
+
+
+def build_drivers(config: AgentConfig) -> Iterator[Driver]:
+    for spec in driver_specs(config).values():
+        yield spec.build()
 
 
 def describe_devices(config: AgentConfig) -> list[DeviceInfo]:

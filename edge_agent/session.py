@@ -7,6 +7,8 @@ a reconnect and see gaps.
 
 from __future__ import annotations
 
+import errno
+import logging
 import os
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -16,6 +18,7 @@ from typing import Any, TypeVar
 from contract.messages import Envelope, new_message_id
 
 M = TypeVar("M", bound=Envelope)
+log = logging.getLogger(__name__)
 
 
 def utc_now() -> datetime:
@@ -23,7 +26,12 @@ def utc_now() -> datetime:
 
 
 def next_session(state_dir: Path) -> int:
-    """Increment and persist the session counter (atomic replace, fsynced)."""
+    """Increment and persist the session counter (atomic replace, fsynced with its directory).
+
+    A full disk must not keep the agent from starting (alerts still go out, see outbox.py):
+    the number is then written over the old one in place, in the block the file already has;
+    failing that it is used unpersisted, and the error is logged.
+    """
     state_dir.mkdir(parents=True, exist_ok=True)
     path = state_dir / "session"
     try:
@@ -32,12 +40,38 @@ def next_session(state_dir: Path) -> int:
         current = 0
     session = current + 1
     tmp = path.with_suffix(".tmp")
-    with tmp.open("w") as f:
-        f.write(f"{session}\n")
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    try:
+        with tmp.open("w") as f:
+            f.write(f"{session}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+        _fsync_dir(state_dir)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        tmp.unlink(missing_ok=True)
+        try:
+            with path.open("r+") as f:
+                f.write(f"{session}\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as again:
+            log.error(  # noqa: TRY400 - the cause is in the message
+                "cannot persist session number %d in %s (%s): the disk is full",
+                session,
+                path,
+                again,
+            )
     return session
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class MessageFactory:

@@ -65,6 +65,25 @@ def _parser() -> argparse.ArgumentParser:
         metavar="PATH",
         help="where to write the endpoints JSON once ready (default: print it)",
     )
+    f = sub.add_parser(
+        "fleet", help="run many lightweight simulated gateways (MQTT only) until SIGINT/SIGTERM"
+    )
+    f.add_argument("--gateways", type=int, default=100, help="how many (default 100)")
+    f.add_argument("--broker", default="mqtt://127.0.0.1:1883", help="mqtt://host:port")
+    f.add_argument("--interval", type=float, default=30.0, metavar="S", help="heartbeat period")
+    f.add_argument(
+        "--telemetry-every", type=float, default=None, metavar="S",
+        help="meter telemetry period (default: the heartbeat period; 0: none)",
+    )  # fmt: skip
+    f.add_argument("--keepalive", type=int, default=60, metavar="S", help="MQTT keepalive")
+    f.add_argument("--prefix", default="sim-gw", help="gateway ids are PREFIX-00000, ...")
+    f.add_argument("--kill-after", type=float, default=None, metavar="S")
+    f.add_argument("--kill-count", type=int, default=1)
+    f.add_argument(
+        "--kill-mode", choices=("drop", "silent"), default="drop",
+        help="drop: close TCP without DISCONNECT (the will fires); silent: stop sending "
+        "anything, pings too, socket left open (half-open)",
+    )  # fmt: skip
     scenario_cli.build_parser(
         sub.add_parser(
             "scenario",
@@ -106,6 +125,31 @@ async def _run_building(args: argparse.Namespace) -> int:
     return 0
 
 
+async def _run_fleet(args: argparse.Namespace) -> int:
+    from firmware_sim.fleet import run_fleet  # noqa: PLC0415
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        return await run_fleet(
+            gateways=args.gateways,
+            broker_url=args.broker,
+            interval_s=args.interval,
+            telemetry_every_s=args.telemetry_every,
+            keepalive_s=args.keepalive,
+            prefix=args.prefix,
+            kill_after_s=args.kill_after,
+            kill_count=args.kill_count,
+            kill_mode=args.kill_mode,
+            stop=stop,
+        )
+    except ValueError as exc:
+        log.error("%s", exc)  # noqa: TRY400 - a bad argument, no traceback wanted
+        return 2
+
+
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 # Device simulators with their own argument parsers: ``firmware-sim dlt645 --help`` etc.
@@ -140,6 +184,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     if args.command == "scenario":
         return scenario_cli.run(args)
+    if args.command == "fleet":
+        return asyncio.run(_run_fleet(args))
     if args.command != "building":
         return 2
     path: Path | None = args.endpoints_file

@@ -21,14 +21,20 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 import httpx
 import uvicorn
 from fastapi import FastAPI
+from sqlalchemy.orm import Session, sessionmaker
 
+from fleet import provisioning
 from fleet.api import api_router
+from fleet.api import metrics as metrics_api
+from fleet.api import provisioning as provisioning_api
 from fleet.auth import ensure_admin
 from fleet.backoff import Backoff
-from fleet.db import make_engine, make_sessionmaker, migrate
+from fleet.db import make_engine, make_sessionmaker, migrate, utcnow
 from fleet.dbthreads import DbThreads
-from fleet.forwarder import Forwarder
+from fleet.forwarder import Forwarder, sync_env_channels
+from fleet.health import HealthMonitor
 from fleet.ingest import Ingest, IngestStats
+from fleet.reminders import Reminders
 from fleet.runtime import Runtime
 from fleet.settings import Settings
 from fleet.web import make_router
@@ -37,6 +43,12 @@ log = logging.getLogger(__name__)
 
 WORKER_RESTART_INITIAL_S = 1.0
 WORKER_RESTART_MAX_S = 60.0
+
+
+def _sync_env_channels(sessions: sessionmaker[Session], settings: Settings) -> None:
+    """``FLEET_WEBHOOK_URLS`` become district-wide forwarding channels (fleet/forwarder.py)."""
+    with sessions() as session, session.begin():
+        sync_env_channels(session, settings.webhook_urls, utcnow())
 
 
 class StartupError(RuntimeError):
@@ -65,9 +77,19 @@ async def _supervise(name: str, run: Callable[[], Awaitable[None]]) -> None:
         await asyncio.sleep(delay)
 
 
-async def _run_workers(ingest: Ingest, forwarder: Forwarder) -> None:
+async def _run_workers(
+    ingest: Ingest | None,
+    forwarder: Forwarder,
+    monitor: HealthMonitor | None = None,
+    reminders: Reminders | None = None,
+) -> None:
     async with asyncio.TaskGroup() as tg:
-        tg.create_task(_supervise("ingest", ingest.run), name="fleet-ingest")
+        if reminders is not None:
+            tg.create_task(_supervise("reminders", reminders.run), name="fleet-reminders")
+        if ingest is not None:
+            tg.create_task(_supervise("ingest", ingest.run), name="fleet-ingest")
+        if monitor is not None:
+            tg.create_task(_supervise("health", monitor.run), name="fleet-health")
         tg.create_task(_supervise("forwarder", forwarder.run), name="fleet-forwarder")
 
 
@@ -79,6 +101,7 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
     try:
         sessions = make_sessionmaker(engine)
         await asyncio.to_thread(ensure_admin, sessions, settings)
+        await asyncio.to_thread(_sync_env_channels, sessions, settings)
         stats = IngestStats()
         wake = asyncio.Event()
         async with httpx.AsyncClient(
@@ -90,7 +113,18 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
                 settings, sessions, stats=stats, on_deliveries_enqueued=wake.set, db=db
             )
             forwarder = Forwarder(settings, sessions, http, wake, db=db)
-            workers = asyncio.create_task(_run_workers(ingest, forwarder), name="fleet-workers")
+            # Ingest and the health monitor (which needs ingest listening) run here unless
+            # dedicated `fleet-manager ingest` workers do it (FLEET_INGEST_ENABLED=false).
+            monitor = HealthMonitor(settings, sessions, stats, db=db)
+            workers = asyncio.create_task(
+                _run_workers(
+                    ingest if settings.ingest_enabled else None,
+                    forwarder,
+                    monitor if settings.ingest_enabled else None,
+                    Reminders(settings, sessions, wake, db=db),
+                ),
+                name="fleet-workers",
+            )
             log.info(
                 "fleet manager started: database %s, broker %s",
                 engine.url.render_as_string(hide_password=True),
@@ -118,10 +152,15 @@ def create_app(settings: Settings) -> FastAPI:
                 app.state.startup_error = exc  # for serve() to report the cause
                 raise
             app.state.runtime = runtime
+            # Enrollment, broker accounts and the desired-config publisher.
+            app.state.provisioning = await stack.enter_async_context(
+                provisioning.running(settings, runtime.sessions)
+            )
             try:
                 yield
             finally:
                 del app.state.runtime
+                del app.state.provisioning
 
     app = FastAPI(
         title="Fleet manager",
@@ -130,6 +169,8 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.include_router(api_router())
+    app.include_router(metrics_api.router)  # /metrics, outside /api like scrapers expect
+    app.include_router(provisioning_api.router, prefix="/api")
     app.include_router(make_router(settings))
     return app
 
@@ -193,3 +234,9 @@ async def serve(settings: Settings, *, started: asyncio.Event | None = None) -> 
         ) from None
     if not server.started:
         raise StartupError("fleet manager stopped before it started")
+
+
+def app_from_env() -> FastAPI:
+    """The app with settings from the environment: the factory ``fleet-manager serve
+    --workers N`` hands to uvicorn, whose worker processes each build their own."""
+    return create_app(Settings())

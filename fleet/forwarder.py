@@ -1,105 +1,82 @@
-"""Forward alerts to the street office's webhooks from a durable outbox.
+"""Forward notifications to the street offices' channels from a durable outbox.
 
-Ingest writes one ``forward_deliveries`` row per (alert, receiver URL) in the same transaction
-that first stores the alert, so an alert the database has is an alert that will be forwarded,
-whatever crashes in between. This worker claims due rows, POSTs the alert as JSON and records the
-outcome: 2xx is delivered; anything else is retried with jittered exponential backoff until
-``forward_max_attempts``, then marked failed. Because state lives in the database, deliveries
-survive restarts, and several fleet-manager processes can run the worker side by side: a claim
+Whatever changes an alert in a way a receiver should hear of (raised, severity up, cleared at
+the device, raised again, a lifecycle step, a reminder, an escalation) calls :func:`enqueue` in
+the same transaction: it freezes the payload in a ``notifications`` row (its ``key`` is the
+idempotency key) and adds one ``forward_deliveries`` row per channel that wants it: the
+channels of the alert's street office plus the district-wide ones (``street_office_id`` NULL,
+where ``FLEET_WEBHOOK_URLS`` live). So a notification the database has is one that will be
+sent, whatever crashes in between.
+
+The :class:`Forwarder` claims due rows and sends them through the channel's sender
+(``fleet/channels``): success is delivered; anything else is retried with jittered exponential
+backoff until ``forward_max_attempts``, then marked failed. State lives in the database, so
+deliveries survive restarts, and several processes can run the worker side by side: a claim
 pushes ``next_attempt_at`` forward by a lease (PostgreSQL also skips rows another worker has
-locked), so a row is not sent twice at once, and a worker that dies mid-request only delays the
-retry until the lease runs out.
+locked).
 
-Receivers get at-least-once delivery: ``Idempotency-Key`` (the alert id) lets them drop repeats,
-and ``X-Signature: sha256=<hex>`` (HMAC-SHA256 of the exact body bytes) lets them check the
-sender.
+Order per flat: a row is claimed only when no older row for the same channel and ``order_key``
+(the alert's subject) is still pending, so a receiver that was down gets a flat's raise before
+its update and its clear. Quiet hours (per channel, local time) defer everything but
+high-severity notifications to the end of the quiet window; a high one pulls the flat's
+deferred rows forward with it, keeping the order.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
-import hashlib
-import hmac
-import json
 import logging
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import httpx
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, aliased, sessionmaker
 
-from contract.alerts import AlertKind
 from fleet.backoff import backoff_delay
+from fleet.channels import ChannelKind, DeliveryError, Message, Sender
+from fleet.channels.email import EmailSender
+from fleet.channels.outbox import enqueue, quiet_until, sync_env_channels
+from fleet.channels.robots import DingTalkSender, WeComSender
+from fleet.channels.webhook import WebhookSender, encode_body, signature
 from fleet.db import utcnow
 from fleet.dbthreads import DbThreads
-from fleet.models import Alert, DeliveryStatus, ForwardDelivery
+from fleet.models import DeliveryStatus, ForwardChannel, ForwardDelivery, Notification
 from fleet.settings import Settings
-from fleet.texts import kind_title
+
+__all__ = [
+    "Forwarder",
+    "encode_body",
+    "enqueue",
+    "quiet_until",
+    "signature",
+    "sync_env_channels",
+]
 
 log = logging.getLogger(__name__)
 
-WEBHOOK_SCHEMA_VERSION = 1
 BATCH_SIZE = 50
-CONCURRENCY = 8
+MAX_IN_FLIGHT = 32  # deliveries being sent at once, over all channels
 ERROR_PAUSE_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
 class Job:
-    """One claimed delivery, with the body to send (built from the alert's current state)."""
+    """One claimed delivery with what its channel needs to send it."""
 
     delivery_id: int
-    alert_id: str
-    url: str
+    alert_id: str | None
+    kind: str
+    config: dict[str, Any]
     attempts: int
-    body: bytes
-
-
-def signature(key: bytes, body: bytes) -> str:
-    """The ``X-Signature`` header value for ``body``."""
-    return "sha256=" + hmac.new(key, body, hashlib.sha256).hexdigest()
-
-
-def _iso(value: datetime | None) -> str | None:
-    return value.isoformat() if value is not None else None
-
-
-def webhook_payload(alert: Alert, *, base_url: str) -> dict[str, Any]:
-    """The JSON document a receiver gets for ``alert``."""
-    kind = AlertKind(alert.kind)
-    return {
-        "v": WEBHOOK_SCHEMA_VERSION,
-        "alert_id": alert.alert_id,
-        "kind": alert.kind,
-        "category": alert.category,
-        "severity": alert.severity,
-        "state": alert.state,
-        "title_zh": kind_title(kind, "zh"),
-        "title_en": kind_title(kind, "en"),
-        "unit_id": alert.unit_id,
-        "building": alert.building,
-        "sensor_id": alert.sensor_id,
-        "meter_id": alert.meter_id,
-        "reader_id": alert.reader_id,
-        "gateway_id": alert.gateway_id,
-        "raised_at": _iso(alert.raised_at),
-        "cleared_at": _iso(alert.cleared_at),
-        "evidence": alert.evidence,
-        "link": f"{base_url}/alerts/{alert.alert_id}",
-    }
-
-
-def encode_body(payload: dict[str, Any]) -> bytes:
-    # Chinese stays readable (ensure_ascii off); compact and key-sorted so equal payloads give
-    # equal bytes and equal signatures.
-    return json.dumps(payload, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+    message: Message
 
 
 class Forwarder:
-    """The webhook worker. Build it in the app's lifespan, run :meth:`run` as a task."""
+    """The forwarding worker. Build it in the app's lifespan, run :meth:`run` as a task."""
 
     def __init__(
         self,
@@ -118,103 +95,169 @@ class Forwarder:
         self._lease = timedelta(seconds=settings.forward_timeout_s * 3 + 30)
 
     async def run(self) -> None:
-        """Deliver due rows until cancelled; sleep until woken, a retry is due, or the poll."""
-        limit = asyncio.Semaphore(CONCURRENCY)
-        while True:
-            self._wake.clear()  # a wake-up during this round triggers the next one at once
-            try:
-                jobs = await self._db.run(self._claim_due)
-                async with asyncio.TaskGroup() as tg:
-                    for job in jobs:
-                        tg.create_task(self._deliver(job, limit), name=f"deliver-{job.delivery_id}")
-                if len(jobs) == BATCH_SIZE:
-                    continue
-                timeout = await self._db.run(self._seconds_until_next_due)
-            except sa.exc.SQLAlchemyError as exc:
-                log.error(  # noqa: TRY400 - a traceback per poll would drown the log
-                    "forwarder database error, retrying in %.0f s: %s",
-                    ERROR_PAUSE_S,
-                    str(exc).splitlines()[0][:300],
-                )
-                timeout = ERROR_PAUSE_S
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout)
+        """Deliver due rows until cancelled.
 
-    def _claim_due(self) -> list[Job]:
+        Deliveries run as their own tasks (at most ``MAX_IN_FLIGHT``), so a slow or dead
+        receiver delays only its own rows: each finished delivery records its outcome and wakes
+        the loop, which claims whatever became due (the next row of that flat, a new alert).
+        The loop otherwise sleeps until woken, a retry is due, or the poll interval.
+        """
+        tasks: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                self._wake.clear()  # a wake-up during this round triggers the next one at once
+                try:
+                    room = min(BATCH_SIZE, MAX_IN_FLIGHT - len(tasks))
+                    jobs, timeout = await self._db.run(self._claim_due, max(room, 0))
+                    for job in jobs:
+                        task = asyncio.create_task(
+                            self._deliver(job), name=f"deliver-{job.delivery_id}"
+                        )
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                    if jobs and len(jobs) == room:
+                        await asyncio.sleep(0)  # let the tasks start, then claim more
+                        continue
+                except sa.exc.SQLAlchemyError as exc:
+                    log.error(  # noqa: TRY400 - a traceback per poll would drown the log
+                        "forwarder database error, retrying in %.0f s: %s",
+                        ERROR_PAUSE_S,
+                        str(exc).splitlines()[0][:300],
+                    )
+                    timeout = ERROR_PAUSE_S
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._wake.wait(), timeout)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _claim_due(self, limit: int = BATCH_SIZE) -> tuple[list[Job], float]:
+        """Lease up to ``limit`` due rows; also how long until the next row is due (one
+        transaction: on SQLite every transaction takes the write lock)."""
         now = utcnow()
+        older = aliased(ForwardDelivery)
+        blocked = (
+            sa.select(older.id)
+            .where(
+                older.channel_id == ForwardDelivery.channel_id,
+                older.order_key == ForwardDelivery.order_key,
+                older.status == DeliveryStatus.PENDING.value,
+                older.id < ForwardDelivery.id,
+            )
+            .exists()
+        )
         with self._sessions() as session, session.begin():
-            rows = session.execute(
-                sa.select(ForwardDelivery, Alert)
-                .join(Alert, Alert.alert_id == ForwardDelivery.alert_id)
-                .where(
-                    ForwardDelivery.status == DeliveryStatus.PENDING.value,
-                    ForwardDelivery.next_attempt_at <= now,
-                )
-                .order_by(ForwardDelivery.next_attempt_at, ForwardDelivery.id)
-                .limit(BATCH_SIZE)
-                .with_for_update(of=ForwardDelivery, skip_locked=True)
-            ).all()
+            rows = (
+                []
+                if limit <= 0
+                else session.execute(
+                    sa.select(ForwardDelivery, Notification, ForwardChannel)
+                    .join(Notification, Notification.id == ForwardDelivery.notification_id)
+                    .join(ForwardChannel, ForwardChannel.id == ForwardDelivery.channel_id)
+                    .where(
+                        ForwardDelivery.status == DeliveryStatus.PENDING.value,
+                        ForwardDelivery.next_attempt_at <= now,
+                        ~blocked,
+                    )
+                    .order_by(ForwardDelivery.next_attempt_at, ForwardDelivery.id)
+                    .limit(limit)
+                    .with_for_update(of=ForwardDelivery, skip_locked=True)
+                ).all()
+            )
             jobs = []
-            for delivery, alert in rows:
+            for delivery, notification, channel in rows:
                 delivery.next_attempt_at = now + self._lease
-                payload = webhook_payload(alert, base_url=self._settings.base_url)
                 jobs.append(
                     Job(
                         delivery.id,
-                        alert.alert_id,
-                        delivery.url,
+                        delivery.alert_id,
+                        channel.kind,
+                        dict(channel.config),
                         delivery.attempts,
-                        encode_body(payload),
+                        self._message(notification),
                     )
                 )
-            return jobs
-
-    def _seconds_until_next_due(self) -> float:
-        poll = self._settings.forward_poll_s
-        with self._sessions() as session:
+            session.flush()
             next_due = session.scalar(
                 sa.select(sa.func.min(ForwardDelivery.next_attempt_at)).where(
                     ForwardDelivery.status == DeliveryStatus.PENDING.value
                 )
             )
+        poll = self._settings.forward_poll_s
         if next_due is None:
-            return poll
-        return max(0.0, min(poll, (next_due - utcnow()).total_seconds()))
+            return jobs, poll
+        return jobs, max(0.0, min(poll, (next_due - now).total_seconds()))
 
-    async def _deliver(self, job: Job, limit: asyncio.Semaphore) -> None:
-        headers = {
-            "Content-Type": "application/json; charset=utf-8",
-            "Idempotency-Key": job.alert_id,
-            "X-Signature": signature(self._settings.webhook_key, job.body),
-        }
-        error: str | None
-        async with limit:
-            try:
-                response = await self._http.post(
-                    job.url,
-                    content=job.body,
-                    headers=headers,
-                    timeout=self._settings.forward_timeout_s,
+    def _message(self, notification: Notification) -> Message:
+        payload = dict(notification.payload)
+        link_path = payload.get("link_path")
+        link = f"{self._settings.base_url}{link_path}" if isinstance(link_path, str) else None
+        attachment = None
+        xlsx = payload.pop("xlsx_b64", None)
+        if isinstance(xlsx, str):
+            attachment = (str(payload.get("filename", "report.xlsx")), base64.b64decode(xlsx))
+        return Message(
+            key=notification.key,
+            event=notification.event,
+            severity=notification.severity,
+            payload=payload,
+            link=link,
+            attachment=attachment,
+        )
+
+    def sender(self, kind: str, config: dict[str, Any]) -> Sender:
+        s = self._settings
+        timeout = s.forward_timeout_s
+        tz = s.display_timezone
+        match kind:
+            case ChannelKind.WEBHOOK:
+                return WebhookSender(self._http, config, key=s.webhook_key, timeout=timeout)
+            case ChannelKind.WECOM:
+                return WeComSender(self._http, config, tz=tz, timeout=timeout)
+            case ChannelKind.DINGTALK:
+                return DingTalkSender(self._http, config, tz=tz, timeout=timeout)
+            case ChannelKind.EMAIL:
+                return EmailSender(
+                    config,
+                    host=s.smtp_host,
+                    port=s.smtp_port,
+                    sender=s.smtp_from,
+                    username=s.smtp_username,
+                    password=s.smtp_password.get_secret_value() if s.smtp_password else None,
+                    starttls=s.smtp_starttls,
+                    use_tls=s.smtp_tls,
+                    tz=tz,
+                    timeout=timeout,
                 )
-                error = None if response.is_success else f"HTTP {response.status_code}"
-            except httpx.HTTPError as exc:
-                error = f"{type(exc).__name__}: {exc}"[:500]
-            except asyncio.CancelledError:
-                # Shutting down mid-request: hand the row back now rather than leaving it
-                # leased, so the next start (or another worker) retries it at once.
-                await self._db.run(self._release, job)
-                raise
+        raise DeliveryError(f"unknown channel kind {kind!r}", retryable=False)
+
+    async def _deliver(self, job: Job) -> None:
+        error: DeliveryError | None = None
+        try:
+            await self.sender(job.kind, job.config).send(job.message)
+        except DeliveryError as exc:
+            error = exc
+        except asyncio.CancelledError:
+            # Shutting down mid-request: hand the row back now rather than leaving it leased,
+            # so the next start (or another worker) retries it at once.
+            await self._db.run(self._release, job)
+            raise
+        except Exception as exc:  # a bug in a sender must not kill the worker
+            log.exception("sending notification %s over %s failed", job.message.key, job.kind)
+            error = DeliveryError(f"internal error: {type(exc).__name__}")
         try:
             await self._db.run(self._record, job, error)
         except sa.exc.SQLAlchemyError as exc:
             # The lease expires and the row is retried; the receiver may see it twice, which the
             # idempotency key is for.
             log.error(  # noqa: TRY400
-                "could not record delivery %d of alert %s: %s",
+                "could not record delivery %d (%s): %s",
                 job.delivery_id,
-                job.alert_id,
+                job.message.key,
                 str(exc).splitlines()[0][:300],
             )
+        self._wake.set()  # the next row of this flat (or channel) may be due now
 
     def _release(self, job: Job) -> None:
         try:
@@ -227,21 +270,24 @@ class Forwarder:
         except sa.exc.SQLAlchemyError as exc:
             log.warning("could not release delivery %d: %s", job.delivery_id, exc)
 
-    def _record(self, job: Job, error: str | None) -> None:
+    def _record(self, job: Job, error: DeliveryError | None) -> None:
         now = utcnow()
         attempts = job.attempts + 1
-        values: dict[str, Any] = {"attempts": attempts, "last_error": error}
+        values: dict[str, Any] = {
+            "attempts": attempts,
+            "last_error": error.detail[:500] if error else None,
+        }
         if error is None:
             values |= {"status": DeliveryStatus.DELIVERED.value, "delivered_at": now}
-            log.info("alert %s delivered to %s", job.alert_id, job.url)
-        elif attempts >= self._settings.forward_max_attempts:
+            log.info("notification %s delivered over %s", job.message.key, job.kind)
+        elif not error.retryable or attempts >= self._settings.forward_max_attempts:
             values |= {"status": DeliveryStatus.FAILED.value}
             log.error(
-                "giving up on alert %s for %s after %d attempts: %s",
-                job.alert_id,
-                job.url,
+                "giving up on notification %s over %s after %d attempts: %s",
+                job.message.key,
+                job.kind,
                 attempts,
-                error,
+                error.detail,
             )
         else:
             delay = backoff_delay(
@@ -251,10 +297,10 @@ class Forwarder:
             )
             values |= {"next_attempt_at": now + timedelta(seconds=delay)}
             log.warning(
-                "delivering alert %s to %s failed (%s); attempt %d, retry in %.1f s",
-                job.alert_id,
-                job.url,
-                error,
+                "delivering notification %s over %s failed (%s); attempt %d, retry in %.1f s",
+                job.message.key,
+                job.kind,
+                error.detail,
                 attempts,
                 delay,
             )

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from typing import Annotated, Any, Self
+from pathlib import Path
+from typing import Annotated, Any, Literal, Self
 from urllib.parse import unquote, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -68,7 +69,43 @@ class Settings(DatabaseSettings):
     admin_username: str = Field(default="admin", min_length=1)
     admin_password: SecretStr | None = None
     webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
-    gateway_offline_after_s: float = Field(default=90.0, gt=0)
+    gateway_offline_after_s: float = Field(
+        default=90.0,
+        gt=0,
+        description="A gateway with no message for this long is offline (a half-open "
+        "connection the broker has not noticed): 3 heartbeat intervals of the agent's 30 s.",
+    )
+    # Ingest and health at scale (docs/fleet.md, "Ingest" and "Health").
+    ingest_enabled: bool = Field(
+        default=True,
+        description="Run MQTT ingest and the health monitor inside `fleet-manager serve`; "
+        "false when dedicated `fleet-manager ingest` workers do it.",
+    )
+    mqtt_protocol: Literal["auto", "5", "3.1.1"] = Field(
+        default="auto",
+        description="MQTT version ingest speaks: auto tries 5 and falls back to 3.1.1 (amqtt).",
+    )
+    ingest_batch_max: int = Field(default=500, ge=1, le=10_000)
+    ingest_batch_ms: float = Field(
+        default=50.0, gt=0, description="Longest wait to fill a batch after its first message."
+    )
+    ingest_connections: int = Field(
+        default=8,
+        ge=1,
+        le=64,
+        description="MQTT connections per ingest worker when subscribing through "
+        "FLEET_MQTT_SHARED_GROUP (each adds the broker's in-flight window); 1 otherwise.",
+    )
+    health_grace_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="After ingest (re)connects, no gateway is timed out for this long "
+        "(default FLEET_GATEWAY_OFFLINE_AFTER_S): a restart of the fleet manager is not an "
+        "outage of every gateway.",
+    )
+    health_sweep_s: float = Field(default=5.0, gt=0)
+    dedupe_retention_days: float = Field(default=14.0, gt=0)
+    ingest_stats_interval_s: float = Field(default=5.0, gt=0)
     public_url: str | None = None
     display_timezone: str = "Asia/Shanghai"
     forward_poll_s: float = Field(default=5.0, gt=0)
@@ -80,6 +117,69 @@ class Settings(DatabaseSettings):
         description="Attempts before a delivery is marked failed (about 8 h at the 5 min cap).",
     )
     forward_timeout_s: float = Field(default=10.0, gt=0)
+    # Alert lifecycle, reminders, email and reports (docs/alerts.md).
+    smtp_host: str | None = None
+    smtp_port: int = Field(default=25, ge=1, le=65535)
+    smtp_from: str = "fleet@localhost"
+    smtp_username: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_starttls: bool = False
+    smtp_tls: bool = False
+    dispatch_due_hours: float = Field(
+        default=48.0, gt=0, description="Default time for the offline check (线下核查)."
+    )
+    rectify_days: float = Field(
+        default=5.0, gt=0, description="Default rectification deadline (限期整改, seed 000)."
+    )
+    recheck_days: float = Field(
+        default=3.0, gt=0, description="Extension after a failed re-check (seed 000)."
+    )
+    escalate_after_min: float = Field(
+        default=30.0, gt=0, description="An unacknowledged high-severity alert escalates after."
+    )
+    reminder_repeat_h: float = Field(default=24.0, gt=0)
+    lifecycle_tick_s: float = Field(default=60.0, gt=0)
+    photo_max_bytes: int = Field(default=5 * 1024 * 1024, ge=1024)
+    report_hour: int = Field(
+        default=9, ge=0, le=23, description="Local hour of the 14th/29th report run."
+    )
+    # Provisioning and desired config (docs/provisioning.md).
+    broker_auth: Literal["dynsec", "embedded", "none"] = Field(
+        default="none",
+        description=(
+            "How gateways are admitted by the broker: 'dynsec' (Mosquitto dynamic security, one "
+            "client and role per gateway, managed over $CONTROL/dynamic-security/v1), "
+            "'embedded' (the embedded amqtt broker reads FLEET_BROKER_AUTH_FILE) or 'none' "
+            "(an open broker: demo and tests only)."
+        ),
+    )
+    broker_admin_username: str | None = Field(
+        default=None,
+        description="dynsec: the broker client with dynamic-security rights "
+        "(default: the user in FLEET_MQTT_URL)",
+    )
+    broker_admin_password: SecretStr | None = None
+    broker_auth_file: Path | None = Field(
+        default=None,
+        description="embedded: the credentials file the fleet manager writes and the embedded "
+        "broker (fleet-manager broker --auth-file) reads",
+    )
+    gateway_mqtt_url: str | None = Field(
+        default=None,
+        description="The broker address handed to gateways at enrollment "
+        "(default: FLEET_MQTT_URL without its credentials)",
+    )
+    gateway_mqtt_ca_file: Path | None = Field(
+        default=None, description="CA certificate (PEM) handed to gateways for mqtts"
+    )
+    enrollment_code_ttl_hours: float = Field(default=24.0, gt=0, le=24 * 30)
+    enroll_rate_limit: int = Field(
+        default=10, ge=1, description="POST /api/enroll attempts per client IP per minute"
+    )
+    config_publish_retry_s: float = Field(
+        default=30.0, gt=0, description="retry interval for desired configs not yet published"
+    )
+    broker_control_timeout_s: float = Field(default=10.0, gt=0)
 
     @field_validator("webhook_urls", mode="before")
     @classmethod
@@ -104,6 +204,31 @@ class Settings(DatabaseSettings):
         if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
             raise ValueError(f"FLEET_MQTT_URL must look like mqtt://host:port, got {value!r}")
         return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _embedded_speaks_311(cls, data: Any) -> Any:
+        """The embedded broker (amqtt) never answers an MQTT 5 CONNECT that carries a user name,
+        so with FLEET_BROKER_AUTH=embedded ingest must not probe for MQTT 5."""
+        if isinstance(data, dict) and data.get("broker_auth") == "embedded":
+            data.setdefault("mqtt_protocol", "3.1.1")
+        return data
+
+    @model_validator(mode="after")
+    def _broker_auth_complete(self) -> Self:
+        if self.broker_auth == "embedded" and self.broker_auth_file is None:
+            raise ValueError(
+                f"{ENV_PREFIX}BROKER_AUTH=embedded needs {ENV_PREFIX}BROKER_AUTH_FILE (the file "
+                "the embedded broker reads its gateway credentials from)"
+            )
+        if self.gateway_mqtt_url is not None:
+            parts = urlsplit(self.gateway_mqtt_url)
+            if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+                raise ValueError(
+                    f"{ENV_PREFIX}GATEWAY_MQTT_URL must look like mqtt://host:port, "
+                    f"got {self.gateway_mqtt_url!r}"
+                )
+        return self
 
     @model_validator(mode="after")
     def _no_default_secrets(self) -> Self:
@@ -190,3 +315,20 @@ class Settings(DatabaseSettings):
         """The broker address for logs, without credentials."""
         scheme = "mqtts" if self.mqtt_tls else "mqtt"
         return f"{scheme}://{self.mqtt_host}:{self.mqtt_port}"
+
+    @property
+    def gateway_broker_url(self) -> str:
+        """The broker address gateways are given at enrollment (never with credentials)."""
+        if self.gateway_mqtt_url:
+            parts = urlsplit(self.gateway_mqtt_url)
+            port = parts.port or (8883 if parts.scheme == "mqtts" else 1883)
+            return f"{parts.scheme}://{parts.hostname}:{port}"
+        return self.mqtt_display
+
+    @property
+    def broker_admin(self) -> tuple[str | None, str | None]:
+        """(username, password) of the dynsec admin client."""
+        if self.broker_admin_username is not None:
+            password = self.broker_admin_password
+            return self.broker_admin_username, password.get_secret_value() if password else None
+        return self.mqtt_username, self.mqtt_password

@@ -80,3 +80,70 @@ def kind_title(kind: AlertKind, lang: Lang) -> str:
 def pick_lang(value: str | None) -> Lang:
     """``?lang=en`` selects English; anything else (or nothing) is Chinese."""
     return "en" if value is not None and value.lower().startswith("en") else "zh"
+
+
+# -- alert lifecycle and forwarding (fleet/lifecycle.py, fleet/channels/) --------------------
+
+STATUS_LABELS: dict[str, dict[Lang, str]] = {
+    "new": {"zh": "新告警", "en": "new"},
+    "acknowledged": {"zh": "已确认收到", "en": "acknowledged"},
+    "dispatched": {"zh": "线下核查中", "en": "dispatched"},
+    "confirmed": {"zh": "核查属实", "en": "confirmed"},
+    "false_alarm": {"zh": "误报", "en": "false alarm"},
+    "rectifying": {"zh": "限期整改中", "en": "rectifying"},
+    "closed": {"zh": "已办结", "en": "closed"},
+}
+
+EVENT_LABELS: dict[str, dict[Lang, str]] = {
+    "raised": {"zh": "新告警", "en": "New alert"},
+    "reraised": {"zh": "隐患再次出现", "en": "Hazard again"},
+    "severity": {"zh": "告警等级升高", "en": "Severity raised"},
+    "cleared": {"zh": "设备侧已恢复", "en": "Cleared at the device"},
+    "escalated": {"zh": "高等级告警超时未处理，已升级", "en": "Escalated: not acknowledged"},
+    "remind_dispatch": {"zh": "线下核查已逾期", "en": "Verification overdue"},
+    "remind_deadline": {"zh": "整改期限已到，请复查", "en": "Rectification deadline passed"},
+    "acknowledge": {"zh": "已确认收到", "en": "Acknowledged"},
+    "dispatch": {"zh": "已派员线下核查", "en": "Dispatched for verification"},
+    "confirm": {"zh": "核查属实", "en": "Confirmed"},
+    "false_alarm": {"zh": "核查为误报", "en": "False alarm"},
+    "rectify": {"zh": "已责令限期整改", "en": "Rectification ordered"},
+    "recheck": {"zh": "复查未通过，延长整改", "en": "Re-check failed, deadline extended"},
+    "close": {"zh": "已办结", "en": "Closed"},
+    "report": {"zh": "群租房安全隐患统计报表", "en": "Hazard statistics report"},
+}
+
+EVIDENCE_LABELS: dict[str, dict[Lang, str]] = {
+    "peak_power_w": {"zh": "峰值功率(W)", "en": "peak power (W)"},
+    "duration_s": {"zh": "持续(分钟)", "en": "duration (min)"},
+    "location": {"zh": "位置", "en": "location"},
+    "estimated_occupants": {"zh": "估计居住人数", "en": "estimated occupants"},
+    "registered_occupants": {"zh": "登记人数", "en": "registered occupants"},
+    "rooms": {"zh": "房间数", "en": "rooms"},
+    "persons_per_room": {"zh": "每间人数", "en": "persons per room"},
+    "swipes_per_day": {"zh": "日均刷卡", "en": "swipes per day"},
+    "signals": {"zh": "依据", "en": "signals"},
+    "peak_current_a": {"zh": "峰值电流(A)", "en": "peak current (A)"},
+    "rated_current_a": {"zh": "额定电流(A)", "en": "rated current (A)"},
+    "minutes_over": {"zh": "超限(分钟)", "en": "minutes over"},
+    "step_w": {"zh": "功率跃升(W)", "en": "power step (W)"},
+    "plateau_minutes": {"zh": "恒流(分钟)", "en": "plateau (min)"},
+    "taper_minutes": {"zh": "涓流(分钟)", "en": "taper (min)"},
+    "device": {"zh": "设备", "en": "device"},
+    "silent_hours": {"zh": "无数据(小时)", "en": "silent (h)"},
+}
+
+CASE_LABELS: dict[str, dict[Lang, str]] = {
+    "flat": {"zh": "房屋", "en": "Flat"},
+    "kind": {"zh": "类型", "en": "Kind"},
+    "category": {"zh": "隐患类别", "en": "Category"},
+    "severity": {"zh": "等级", "en": "Severity"},
+    "time": {"zh": "时间", "en": "Time"},
+    "evidence": {"zh": "证据", "en": "Evidence"},
+    "status": {"zh": "处置状态", "en": "Status"},
+    "assignee": {"zh": "核查人", "en": "Assignee"},
+    "due": {"zh": "期限", "en": "Due"},
+    "recurring": {"zh": "回潮(90天内曾办结)", "en": "Recurring (closed within 90 days)"},
+    "comment": {"zh": "说明", "en": "Comment"},
+    "link": {"zh": "查看详情", "en": "Open the alert"},
+    "unknown_flat": {"zh": "未登记房屋", "en": "unregistered flat"},
+}

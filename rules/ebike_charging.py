@@ -8,7 +8,7 @@ place where charging is provided) is a forbidden place, and the escape routes (s
 corridor, lobby) are the worst: a battery fire there blocks the way out. Night-time charging is
 the classic fatal case (people asleep), hence night hours raise the severity. Thresholds come
 from :class:`contract.site.EbikeChargingConfig` (defaults: sustain 120 s, clear hysteresis 60 s,
-silence 900 s, night 22:00-06:00 site local time).
+silence 3600 s, resume within 6 h, night 22:00-06:00 site local time).
 
 Semantics, per sensor (the spec in ``spec/replay.md`` plus the choices where it is silent):
 
@@ -44,10 +44,16 @@ Clearing
     before ``clear_after_s`` has passed cancels it (the same episode continues, nothing is
     emitted). When the not-charging has held ``clear_after_s``, the episode clears with
     ``cleared_at`` = the first not-charging report of that run, ``ended_by`` = "not_charging".
-    If the sensor sends nothing for ``stale_after_s`` while an episode is open, the episode
-    clears with ``cleared_at`` = last report + ``stale_after_s`` (the instant the last report
-    stopped being believed; always >= ``raised_at``), ``ended_by`` = "silence". A new charging
-    report after a clear starts a new run (a new episode needs a full sustain again).
+    If the sensor sends nothing for ``stale_after_s`` while an episode is open, the episode is
+    *held*: a BLE sensor drops out for minutes to hours (interference, the bike's frame) while
+    the charger stays plugged in, and one charging session must stay one episode. A charging
+    report within ``resume_within_s`` of the last report continues the same episode (nothing
+    is emitted). A not-charging report, or no report until ``resume_within_s`` after the last
+    one, clears it with ``cleared_at`` = last report + ``stale_after_s`` (the instant the last
+    report stopped being believed; always >= ``raised_at``), ``ended_by`` = "silence"; a
+    charging report after that is a new run. With ``resume_within_s`` <= ``stale_after_s``
+    the silence clears at once. A new charging report after a clear starts a new run (a new
+    episode needs a full sustain again).
 
 Updates
     UPDATED is emitted only when the severity escalates or the peak power changes materially:
@@ -101,6 +107,7 @@ _DROP_RUN = 1
 _CLEAR = 2
 _STALE = 3
 _NIGHT = 4
+_GIVE_UP = 5  # held silent for resume_within_s: clear
 
 
 class _Sensor:
@@ -117,6 +124,7 @@ class _Sensor:
         "published_peak",
         "reports",
         "scheduled",
+        "silent_at",
         "since",
         "subject",
     )
@@ -133,6 +141,7 @@ class _Sensor:
         self.published_peak: float | None = None
         self.clear_since: datetime | None = None  # first not-charging report, episode open
         self.night_at: datetime | None = None  # medium episode: next night start
+        self.silent_at: datetime | None = None  # held open since the sensor went silent
         self.scheduled: datetime | None = None  # earliest heap entry of this sensor
 
 
@@ -156,6 +165,8 @@ class EbikeChargingRule:
         self._min = timedelta(seconds=config.min_duration_s)
         self._clear_after = timedelta(seconds=config.clear_after_s)
         self._stale = timedelta(seconds=config.stale_after_s)
+        self._resume = timedelta(seconds=max(config.resume_within_s, config.stale_after_s))
+        self._hold = config.resume_within_s > config.stale_after_s
         self._peak_ratio = config.peak_update_ratio
         self._night_start = config.night_start_hour
         self._night_end = config.night_end_hour
@@ -197,7 +208,7 @@ class EbikeChargingRule:
             if event.charging:
                 self._charging(st, now, event.power_w, out)
             else:
-                self._not_charging(st, now)
+                self._not_charging(st, now, out)
             if heap and heap[0][0] <= now:  # zero thresholds: due at once
                 self._advance(now, out)
         return out
@@ -241,6 +252,9 @@ class EbikeChargingRule:
         ep = st.episode
         if ep is None:
             return
+        if st.silent_at is not None:  # back from a dropout, still charging: the same session
+            st.silent_at = None
+            self._reschedule(st)
         if st.clear_since is not None:  # charging again within the hysteresis: keep it open
             st.clear_since = None
             self._reschedule(st)
@@ -256,9 +270,12 @@ class EbikeChargingRule:
         if severity is not ep.severity or peak_moved:
             self._update(st, ep, severity, now, out)
 
-    def _not_charging(self, st: _Sensor, now: datetime) -> None:
+    def _not_charging(self, st: _Sensor, now: datetime, out: list[AlertChange]) -> None:
+        silent_at = st.silent_at
         st.last_ts = now
-        if st.episode is None:
+        if silent_at is not None:  # back from a dropout, not charging: ended while unseen
+            self._clear(st, silent_at, ENDED_BY_SILENCE, out)
+        elif st.episode is None:
             st.since = None  # the sustain must be uninterrupted
             st.reports = 0
             st.peak = None
@@ -290,6 +307,8 @@ class EbikeChargingRule:
             if raise_at <= stale_at:
                 return raise_at, _RAISE
             return stale_at, _DROP_RUN
+        if st.silent_at is not None:
+            return st.last_ts + self._resume, _GIVE_UP
         if st.clear_since is not None:
             clear_at = st.clear_since + self._clear_after
             if clear_at <= stale_at:
@@ -329,8 +348,13 @@ class EbikeChargingRule:
             ep = st.episode
             if ep is not None:
                 self._update(st, ep, Severity.HIGH, at, out)
+        elif action == _GIVE_UP:
+            assert st.silent_at is not None
+            self._clear(st, st.silent_at, ENDED_BY_SILENCE, out)
         elif st.clear_since is not None:  # _CLEAR, or _STALE while a clear is pending
             self._clear(st, st.clear_since, ENDED_BY_NOT_CHARGING, out)
+        elif self._hold:  # _STALE: hold the episode for a charging report
+            st.silent_at = at
         else:  # _STALE
             self._clear(st, at, ENDED_BY_SILENCE, out)
 
@@ -402,6 +426,7 @@ class EbikeChargingRule:
         st.peak = None
         st.clear_since = None
         st.night_at = None
+        st.silent_at = None
 
     def _evidence(
         self, st: _Sensor, until: datetime, ended_by: str | None

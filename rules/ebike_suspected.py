@@ -63,8 +63,13 @@ Raising and clearing
     ``stale_after_s`` (1 h, "silence", ``cleared_at`` = start of its last bin with a reading +
     ``stale_after_s``). ``cleared_at`` is otherwise the end of the bin that showed it. One
     session is one episode and a new one needs a new step and plateau, so an alert cannot flap.
-    One episode per meter at a time: a second charger recognised while one is open is raised
-    when the first one's episode clears (if it is still charging).
+    One episode per meter at a time (the fleet keeps one open alert per subject and kind): a
+    second session recognised while one is open, and that began at least ``envelope_s`` after
+    it, *hands over*: the open episode clears at once (``ended_by`` = "next_session") and the
+    new session's episode is raised, so a second battery charged alongside the first is
+    reported while it charges. A session is raised at most once: the first is not raised again
+    when the second ends. A session recognised while another is open that began earlier is
+    raised when that episode clears (if it is still charging).
 
 Time
     Bins are aligned on multiples of ``bin_s`` in POSIX time and close at the meter's first
@@ -121,6 +126,7 @@ ENDED_BY_OFF = "switched_off"
 ENDED_BY_TIMEOUT = "timeout"
 ENDED_BY_SILENCE = "silence"
 ENDED_BY_LOAD = "other_load"
+ENDED_BY_NEXT = "next_session"
 
 RECOGNISED_BY_TAPER = "taper"
 RECOGNISED_BY_PLATEAU = "non_active_plateau"
@@ -177,6 +183,7 @@ class _Load:
         "quiet",
         "recognised",
         "recognised_by",
+        "reported",
         "signal",
         "start",
         "step_w",
@@ -195,6 +202,7 @@ class _Load:
         self.taper_start: float | None = None  # None while on the plateau
         self.recognised = False
         self.recognised_by = ""
+        self.reported = False  # an episode was raised for this session
         self.quiet = 0  # quiet bins (nothing switching or fluctuating) seen while it was on
         self.signal = _NON_ACTIVE  # what level, peak and base are measured in (VA or W)
 
@@ -560,15 +568,16 @@ class EbikeChargingSuspectedRule:
                 load.recognised = True
                 load.recognised_by = RECOGNISED_BY_TAPER
                 run.load = load
-                if st.episode is None:
-                    self._raise(st, load, at, out)
+                self._report(st, load, at, out)
 
     def _plateau_start(self, st: _Meter, run: _Run) -> tuple[float, float] | None:
-        """When the plateau before the run began, and the envelope just before it: going back
-        from the run's start, the envelope held near the run's top (other loads on top do not
-        matter) for at least ``min_plateau_s``, back to a step up of most of the run's fall
-        (within ``max_plateau_s``). None when the history does not show a step, a plateau and a
-        taper: a base load that faded, or lights going out one by one, have no such step."""
+        """When the plateau before the run began, and the load under it: going back from the
+        run's start, the envelope held near the run's top (other loads on top do not matter)
+        for at least ``min_plateau_s``, back to a step up of most of the run's fall (within
+        ``max_plateau_s``); the session's step is that rise, and its base the run's top less
+        the step (a load that was on under the plateau, such as a heater, may have switched
+        off since). None when the history does not show a step, a plateau and a taper: a base
+        load that faded, or lights going out one by one, have no such step."""
         cfg = self._cfg
         tol = cfg.plateau_tolerance * 2.0 * run.drop
         held = run.level0 - tol
@@ -582,7 +591,7 @@ class EbikeChargingSuspectedRule:
             if t < earliest:
                 return None
             if t < plateau_from and later - level >= rise:
-                return t, level  # the step up: the session started after this bin
+                return t, max(0.0, run.level0 - (later - level))  # the session began after t
             if level < held:
                 return None  # the plateau did not hold
             later = level
@@ -738,7 +747,7 @@ class EbikeChargingSuspectedRule:
                     self._clear(st, load, at, ENDED_BY_TIMEOUT, out)
         if st.episode is None:
             for load in st.loads:
-                if load.recognised and load.charger:  # another session still going
+                if load.recognised and load.charger and not load.reported:  # another session
                     self._raise(st, load, at, out)
                     break
 
@@ -747,7 +756,23 @@ class EbikeChargingSuspectedRule:
     ) -> None:
         load.recognised = True
         load.recognised_by = by
-        if st.episode is None:
+        self._report(st, load, at, out)
+
+    def _report(self, st: _Meter, load: _Load, at: float, out: list[AlertChange]) -> None:
+        """Raise the episode of a newly recognised session. While another session's episode
+        is open, a session that began later hands over: the open episode clears
+        (``next_session``) and the new one is raised, so a second battery charged alongside
+        the first is reported while it charges, and the flat keeps one open episode."""
+        ep, owner = st.episode, st.owner
+        if ep is None:
+            self._raise(st, load, at, out)
+        elif (
+            owner is not None
+            and owner is not load
+            and load.start >= owner.start + self._window
+            and ep.raised_at.timestamp() < at
+        ):
+            self._clear(st, owner, at, ENDED_BY_NEXT, out)
             self._raise(st, load, at, out)
 
     @staticmethod
@@ -803,6 +828,7 @@ class EbikeChargingSuspectedRule:
         ) or self._cal.hours_between(load.start, at, cfg.night_start_hour, cfg.night_end_hour)
         st.high = high
         st.owner = load
+        load.reported = True
         ep = make_episode(
             KIND,
             Severity.HIGH if high else Severity.MEDIUM,

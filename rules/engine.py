@@ -21,12 +21,16 @@ Within one ``process`` call, the changes of each rule are in time order; rules t
 passage of time come before the rules the event was routed to.
 
 Cost: each event's time is converted to POSIX seconds once (:class:`rules.common.Timebase`,
-shared with the rules :func:`default_rules` builds); each rule's ``next_due`` is read again (and
-converted to seconds) only after the rule has processed something, so the per-event work is a few
-float comparisons, not aware-datetime comparisons (which call ``utcoffset`` on both sides when the
-events' tzinfo objects differ, as they do for every line replay parses). Every meter reading is
-recorded in a :class:`rules.common.MeterLog` shared with the rules, so the rules that need only
-each meter's latest state are not called for every reading (nine events in ten).
+shared with the rules :func:`default_rules` builds), or not at all when the caller passes the
+seconds (replay reads them from the text); each rule's ``next_due`` is read again (and
+converted to seconds) only after the rule has processed something, so the per-event work is a
+few float comparisons, not aware-datetime comparisons (which call ``utcoffset`` on both sides
+when the events' tzinfo objects differ, as they do for every line replay parses). While the
+events keep one route (a run of meter readings, nine events in ten), even those comparisons
+are skipped: the earliest deadline of the route's idle rules is memoised, and only the route's
+own rules have processed anything since. Every meter reading is recorded in a
+:class:`rules.common.MeterLog` shared with the rules, so the rules that need only each meter's
+latest state are not called for every reading.
 """
 
 from __future__ import annotations
@@ -39,7 +43,7 @@ from contract.alerts import AlertChange, AlertEpisode, AlertKind
 from contract.events import CardSwipe, ChargingSensorReading, MeterReading, RuleInput, Tick
 from contract.site import RulesConfig, Site
 from rules.base import DeviceInput, Rule, episode_order
-from rules.common import MeterLog, Timebase
+from rules.common import MeterEntry, MeterLog, Timebase
 from rules.data_silence import DataSilenceRule
 from rules.ebike_charging import EbikeChargingRule
 from rules.ebike_suspected import EbikeChargingSuspectedRule
@@ -94,6 +98,19 @@ class _Slot:
         self.stale = False
 
 
+class _Route:
+    """Where one kind of device event goes: ``targets`` get the event, ``others`` only need
+    time to pass. ``quiet_t`` is the earliest ``due_t`` of ``others`` as of the last event that
+    took this route (see :meth:`RuleEngine.process`)."""
+
+    __slots__ = ("others", "quiet_t", "targets")
+
+    def __init__(self, targets: tuple[_Slot, ...], others: tuple[_Slot, ...]) -> None:
+        self.targets = targets
+        self.others = others
+        self.quiet_t = -math.inf
+
+
 class RuleEngine:
     """Routes each event to the rules that need it.
 
@@ -128,19 +145,24 @@ class RuleEngine:
             ChargingSensorReading,
         )
         # Per event type: the rules it goes to, and the rules that only need time to pass.
-        routes: dict[type[DeviceInput], tuple[tuple[_Slot, ...], tuple[_Slot, ...]]] = {}
-        for cls in device_types:
-            routes[cls] = (
+        routes = {
+            cls: _Route(
                 tuple(s for s in self._slots if cls in s.rule.inputs),
                 tuple(s for s in self._slots if cls not in s.rule.inputs),
             )
-        self._unknown: tuple[tuple[_Slot, ...], tuple[_Slot, ...]] = ((), self._slots)
-        # Known device id -> its route: one lookup per event.
-        self._meter_routes = dict.fromkeys((m.meter_id for m in site.meters), routes[MeterReading])
+            for cls in device_types
+        }
+        self._unknown = _Route((), self._slots)
+        # Known device id -> its route (meters: their entry in the meter log, the route is
+        # the same for all): one lookup per event.
+        self._meter_route = routes[MeterReading]
+        self._meter_entries = self._meter_log.entries
         self._reader_routes = dict.fromkeys((r.reader_id for r in site.readers), routes[CardSwipe])
         self._sensor_routes = dict.fromkeys(
             (s.sensor_id for s in site.sensors), routes[ChargingSensorReading]
         )
+        self._quiet_route: _Route | None = None
+        """The route of the latest event, when its ``quiet_t`` is still valid."""
         self._now: datetime | None = None
         self._now_t = -math.inf
         self.ignored = 0
@@ -155,11 +177,18 @@ class RuleEngine:
         """The latest event time seen (None before the first event)."""
         return self._now
 
-    def process(self, event: RuleInput) -> list[AlertChange]:
-        """Apply one event; return the alert changes it caused, oldest first per rule."""
+    def process(self, event: RuleInput, t: float | None = None) -> list[AlertChange]:
+        """Apply one event; return the alert changes it caused, oldest first per rule.
+
+        ``t`` is the event's time in POSIX seconds when the caller already has it (replay
+        parses it from the text); it must equal ``event.ts.timestamp()``.
+        """
         ts = event.ts
         tb = self._tb
-        if ts is tb.ts:
+        if t is not None:
+            tb.ts = ts
+            tb.t = t
+        elif ts is tb.ts:
             t = tb.t
         else:  # Timebase.seconds, inlined: this runs for every event
             t = tb.t = ts.timestamp()
@@ -167,48 +196,62 @@ class RuleEngine:
         if t > self._now_t:
             self._now = ts
             self._now_t = t
+        entry: MeterEntry | None = None
         reading: MeterReading | None = None
         if type(event) is MeterReading:
-            route = self._meter_routes.get(event.meter_id)
-            if route is not None:
+            entry = self._meter_entries.get(event.meter_id)
+            if entry is None:
+                route = self._unknown
+            else:
+                route = self._meter_route
                 reading = event
         elif type(event) is CardSwipe:
-            route = self._reader_routes.get(event.reader_id)
+            route = self._reader_routes.get(event.reader_id, self._unknown)
         elif type(event) is ChargingSensorReading:
-            route = self._sensor_routes.get(event.sensor_id)
+            route = self._sensor_routes.get(event.sensor_id, self._unknown)
         elif type(event) is Tick:
             out: list[AlertChange] = []
             for slot in self._slots:
                 out += slot.process(event)
                 slot.stale = True
+            self._quiet_route = None
             return out
         else:
             self.ignored += 1
             return []
-        if route is None:
+        if route is self._unknown:
             self.ignored += 1
-            route = self._unknown
-        targets, others = route
         out = []
-        tick: Tick | None = None
-        for slot in others:
-            if slot.stale:
-                slot.refresh()
-            if slot.due_t <= t:
-                if tick is None:
-                    tick = Tick(ts)
-                changes = slot.process(tick)
-                slot.stale = True
-                if changes:
-                    out += changes
-        if reading is not None:
-            entry = self._meter_log.record(reading, t)
-            if entry is not None and entry.watcher is not None:
+        # The rules that only need time to pass: skipped as a whole while the event is earlier
+        # than all their deadlines. The memo holds while the events keep the same route: only
+        # this route's targets process them, and those are not among its others.
+        if route is not self._quiet_route or t >= route.quiet_t:
+            tick: Tick | None = None
+            quiet = math.inf
+            for slot in route.others:
+                if slot.stale:
+                    slot.refresh()
+                if slot.due_t <= t:
+                    if tick is None:
+                        tick = Tick(ts)
+                    changes = slot.process(tick)
+                    if changes:
+                        out += changes
+                    slot.refresh()
+                quiet = min(quiet, slot.due_t)
+            route.quiet_t = quiet
+            self._quiet_route = route
+        if entry is not None:
+            if t >= entry.t:  # MeterLog.record, inlined
+                entry.t = t
+                entry.reading = reading
+            if entry.watcher is not None:
                 watcher, entry.watcher = entry.watcher, None
                 out += watcher(event)
                 for slot in self._slots:  # rare: a silent meter spoke again
                     slot.stale = True
-        for slot in targets:
+                self._quiet_route = None
+        for slot in route.targets:
             changes = slot.process(event)
             slot.stale = True
             if changes:
@@ -234,6 +277,7 @@ class RuleEngine:
                 rule.process(tick)
             for slot in self._slots:
                 slot.stale = True
+            self._quiet_route = None
         episodes = [ep for rule in self._rules for ep in rule.finish()]
         episodes.sort(key=episode_order)
         return episodes

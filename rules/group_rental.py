@@ -33,6 +33,18 @@ Signals (``signals`` lists them; each counts once, however many limits it covers
     when at least 5 such flats have data, else the whole building). ``hidden_tenants``: that
     load at least ``hidden_load_ratio`` (2) times similar flats' in a building where at least
     ``hidden_min_unregistered`` (2) unregistered cards are in daily use.
+    ``over_registration``: the estimate at least ``over_registration_margin`` (2) above the
+    flat's ``registered_occupants`` (people live there whom the household registration does
+    not list: seed 002's 治安 hazard of unregistered tenants). Registration lags behind (a new
+    partner, a grown child), so this signal needs the same corroboration as the others.
+
+Days without reader data
+    A local day on which no reader of the building recorded any swipe (a dead reader, a
+    gateway down, a power cut) says nothing about who lives there: the building's card windows
+    skip it, so the window is the building's last ``window_days`` days *with* reader data
+    (``window_days`` in the evidence is how many there are). Swipes per day are per such day.
+    A flat does not clear because its building's reader died (``data_silence`` reports the
+    reader); the load figures keep their calendar days.
 
 Families
     When the flat's ``registered_occupants`` is known and the estimate does not exceed it by
@@ -137,6 +149,7 @@ SIG_SWIPES = "swipes"
 SIG_SHARED = "shared_cards"
 SIG_LOAD = "load"
 SIG_HIDDEN = "hidden_tenants"
+SIG_OVER_REGISTRATION = "over_registration"
 
 
 class _Card:
@@ -301,6 +314,7 @@ class GroupRentalRule:
             flat_of[m.unit_id].meter = meter
             self._meters.append(meter)
         self._reader_building = {r.reader_id: r.building for r in site.readers}
+        self._live: set[str] = set()  # buildings whose readers recorded a swipe today
         self._loose: dict[str, dict[str, _Card]] = {r.building: {} for r in site.readers}
         self._buildings: dict[str, list[_Flat]] = {}
         for flat in self._flats:
@@ -379,15 +393,18 @@ class GroupRentalRule:
 
     def _swipe(self, event: CardSwipe) -> None:
         card = self._cards.get(event.card)
+        building = self._reader_building.get(event.reader_id)
         if card is not None:
             card.today += 1
             flat = card.flat
             assert flat is not None
             flat.today += 1
+            self._live.add(flat.building if building is None else building)
             return
-        loose_cards = self._loose.get(self._reader_building.get(event.reader_id, ""))
+        loose_cards = self._loose.get(building or "")
         if loose_cards is None:
             return
+        self._live.add(building or "")
         loose = loose_cards.get(event.card)
         if loose is None:
             loose = loose_cards[event.card] = _Card(None, self._window)
@@ -442,12 +459,15 @@ class GroupRentalRule:
         self._day_end = self._cal.next_day_start(day_end)
 
     def _close_day(self, *, keep: bool) -> None:
+        # A day on which a building's readers recorded no swipe at all (a dead reader, a
+        # gateway down) is no evidence about its flats: its card windows skip that day.
+        live = self._live
         for card in self._cards.values():
-            if keep:
+            if keep and card.flat is not None and card.flat.building in live:
                 card.days.append(card.today)
             card.today = 0
         for flat in self._flats:
-            if keep:
+            if keep and flat.building in live:
                 flat.days.append(flat.today)
             flat.today = 0
         for meter in self._meters:
@@ -463,25 +483,27 @@ class GroupRentalRule:
                 )
             meter.n = meter.ev_n = meter.va_n = 0
             meter.total = meter.ev_sum = meter.va_sum = 0.0
-        for loose_cards in self._loose.values():
+        for building, loose_cards in self._loose.items():
             for card_id in list(loose_cards):
                 card = loose_cards[card_id]
-                if keep:
+                if keep and building in live:
                     card.days.append(card.today)
                 card.today = 0
                 if not any(card.days):
                     del loose_cards[card_id]
+        live.clear()
 
     # -- evaluation ----------------------------------------------------------------------------
 
     def _evaluate(self, at: float, out: list[AlertChange]) -> None:
         cfg = self._cfg
-        n_days = min(self._window, self._days_seen)
-        min_active = min(cfg.min_active_days, n_days)
+        # The card window of a building: its last ``window_days`` days with reader data.
+        live_days = {b: max(len(f.days) for f in flats) for b, flats in self._buildings.items()}
         # Per-card rates (swipes on the days a card is used), for the norm of one person.
         rates: dict[int, list[float]] = {}
         site_rates: list[float] = []
         for flat in self._flats:
+            min_active = max(1, min(cfg.min_active_days, live_days[flat.building]))
             flat_rates = rates.setdefault(flat.index, [])
             for card in flat.cards:
                 active = sum(1 for d in card.days if d)
@@ -492,6 +514,7 @@ class GroupRentalRule:
         for building, flats in sorted(self._buildings.items()):
             b_rates = [r for f in flats for r in rates[f.index]]
             card_norm = median(b_rates) if len(b_rates) >= _MIN_PEERS else site_card_norm
+            n_days = live_days[building]
             figures = [self._figures(f, rates[f.index], card_norm, n_days) for f in flats]
             occupied = [x.swipes_per_day for x in figures if x.active_cards]
             norm = median(occupied) if occupied else 0.0
@@ -623,6 +646,8 @@ class GroupRentalRule:
         signals: list[str] = []
         if limits:
             signals.append(SIG_DENSITY)
+        if registered is not None and est >= registered + cfg.over_registration_margin:
+            signals.append(SIG_OVER_REGISTRATION)
         norm, mad = norms.swipes, norms.mad
         x = fig.swipes_per_day
         if (

@@ -4,11 +4,22 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from fleet.api import alerts, auth, gateways, health, ingest
+from fleet.api import (
+    alerts,
+    audit,
+    auth,
+    cases,
+    gateways,
+    health,
+    imports,
+    ingest,
+    sites,
+    users,
+)
 
 
 def api_router() -> APIRouter:
     router = APIRouter(prefix="/api")
-    for module in (auth, alerts, gateways, health, ingest):
+    for module in (auth, alerts, cases, gateways, health, ingest, sites, imports, users, audit):
         router.include_router(module.router)
     return router

@@ -1,4 +1,10 @@
-"""``/api/alerts``: alert episodes as the edge raised them, newest first."""
+"""``/api/alerts``: alert episodes as the edge raised them, newest first.
+
+Every role reads the alerts of its own compounds: an alert belongs to the compound recorded when
+it was raised, else to the one its gateway is mapped to (gateway -> entrance -> building ->
+compound); alerts of unmapped gateways are shown to admins only, and an alert outside the
+caller's compounds is 403.
+"""
 
 from __future__ import annotations
 
@@ -6,13 +12,16 @@ from datetime import datetime
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
+import sqlalchemy as sa
 from fastapi import APIRouter, HTTPException, Query, status
 from pydantic import BaseModel
 
 from contract.alerts import AlertKind
-from fleet.api.deps import CurrentUser, SessionDep
+from fleet.api.deps import CurrentUser, SessionDep, ensure_compound, scope_filter
+from fleet.api.types import TextPath, TextQuery
 from fleet.models import Alert, ForwardDelivery
-from fleet.queries import alert_deliveries, get_alert, list_alerts
+from fleet.queries import alert_deliveries, get_alert
+from fleet.sites import alert_compound, compound_of_alert
 from fleet.texts import kind_title
 
 router = APIRouter(prefix="/alerts", tags=["alerts"])
@@ -96,30 +105,34 @@ class AlertsPublic(BaseModel):
 @router.get("")
 def read_alerts(
     session: SessionDep,
-    _user: CurrentUser,
+    user: CurrentUser,
     *,
     kind: AlertKind | None = None,
     state: Literal["open", "cleared"] | None = None,
-    gateway_id: str | None = None,
+    gateway_id: TextQuery = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Annotated[int, Query(ge=0, le=10_000_000)] = 0,
 ) -> AlertsPublic:
-    rows, total = list_alerts(
-        session,
-        kind=kind.value if kind else None,
-        state=state,
-        gateway_id=gateway_id,
-        limit=limit,
-        offset=offset,
-    )
+    stmt = scope_filter(sa.select(Alert), user, alert_compound())
+    if kind is not None:
+        stmt = stmt.where(Alert.kind == kind.value)
+    if state is not None:
+        stmt = stmt.where(Alert.state == state)
+    if gateway_id is not None:
+        stmt = stmt.where(Alert.gateway_id == gateway_id)
+    total = session.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0
+    rows = session.scalars(
+        stmt.order_by(Alert.raised_at.desc(), Alert.alert_id).limit(limit).offset(offset)
+    ).all()
     return AlertsPublic(items=[AlertPublic.of(a) for a in rows], total=total)
 
 
 @router.get("/{alert_id}")
-def read_alert(session: SessionDep, _user: CurrentUser, alert_id: str) -> AlertDetail:
+def read_alert(session: SessionDep, user: CurrentUser, alert_id: TextPath) -> AlertDetail:
     alert = get_alert(session, alert_id)
     if alert is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "No such alert")
+    ensure_compound(user, compound_of_alert(session, alert))
     public = AlertPublic.of(alert)
     deliveries = [DeliveryPublic.of(d) for d in alert_deliveries(session, alert_id)]
     return AlertDetail(**public.model_dump(), deliveries=deliveries)

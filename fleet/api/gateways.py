@@ -1,47 +1,73 @@
-"""``/api/gateways``: every gateway that has ever sent a message, and whether it is online."""
+"""``/api/gateways``: every gateway that has ever sent a message, its health and its devices.
+
+For admins, installers and property users (officers: 403). Scoped: a user sees the gateways
+mapped (gateway -> entrance -> building -> compound) into their compounds; gateways not mapped
+to any entrance yet are seen by admins only. A gateway outside the caller's scope is 403, like
+every other scoped object.
+"""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, status
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, HTTPException, Query, status
 from pydantic import BaseModel, Field
 
-from fleet.api.deps import CurrentUser, SessionDep, SettingsDep
-from fleet.db import utcnow
-from fleet.models import Gateway
-from fleet.queries import gateway_online, list_gateways
+from fleet.api.deps import Principal, SessionDep, ensure_compound, require, scope_filter
+from fleet.health import device_state
+from fleet.models import Building, DeviceHealth, Entrance, Gateway, Role
+from fleet.sites import compound_of_gateway
 
 router = APIRouter(prefix="/gateways", tags=["gateways"])
+
+MAX_PAGE = 1000
+
+# Gateway health is the business of installers and property companies (and admins); street
+# office officers work with hazard alerts and get 403 here.
+GatewayUser = Annotated[Principal, Depends(require(Role.ADMIN, Role.INSTALLER, Role.PROPERTY))]
 
 
 class GatewayPublic(BaseModel):
     gateway_id: str
     site_id: str | None
+    entrance_id: int | None
+    compound_id: int | None = Field(description="Via the gateway's entrance; null if unmapped.")
     online: bool = Field(
-        description="False after a death message, or after FLEET_GATEWAY_OFFLINE_AFTER_S of "
-        "silence."
+        description="False after a death message (last will or clean stop), or after "
+        "FLEET_GATEWAY_OFFLINE_AFTER_S without any message (see offline_reason)."
     )
+    offline_reason: str | None = Field(description="'death' or 'timeout' while offline.")
+    offline_since: datetime | None
     last_seen: datetime | None
+    last_heartbeat_at: datetime | None
     session: int | None
     last_seq: int | None
+    seq_gaps: int = Field(description="Messages of the current session missing so far.")
     agent_version: str | None
     death_reason: str | None = Field(
-        description="Reason in the gateway's last death message (kept after it comes back)."
+        description="Reason in the death message of the current session, if any."
     )
     last_birth_at: datetime | None
     last_death_at: datetime | None
     first_seen: datetime
 
     @classmethod
-    def of(cls, gateway: Gateway, *, now: datetime, offline_after_s: float) -> GatewayPublic:
+    def of(cls, gateway: Gateway, compound_id: int | None) -> GatewayPublic:
         return cls(
             gateway_id=gateway.gateway_id,
             site_id=gateway.site_id,
-            online=gateway_online(gateway, now=now, offline_after_s=offline_after_s),
+            entrance_id=gateway.entrance_id,
+            compound_id=compound_id,
+            online=gateway.online,
+            offline_reason=gateway.offline_reason,
+            offline_since=gateway.offline_since,
             last_seen=gateway.last_seen,
+            last_heartbeat_at=gateway.last_heartbeat_at,
             session=gateway.session,
             last_seq=gateway.last_seq,
+            seq_gaps=gateway.seq_gaps,
             agent_version=gateway.agent_version,
             death_reason=gateway.death_reason,
             last_birth_at=gateway.last_birth_at,
@@ -52,24 +78,109 @@ class GatewayPublic(BaseModel):
 
 class GatewaysPublic(BaseModel):
     items: list[GatewayPublic]
-    total: int
+    total: int = Field(description="How many gateways match the filters (all pages).")
+    limit: int
+    offset: int
+    next_after: str | None = Field(
+        description="Pass as ?after= for the next page (keyset paging: stable while gateways "
+        "are added); null on the last page."
+    )
+
+
+class DevicePublic(BaseModel):
+    device_id: str
+    kind: str | None
+    unit_id: str | None
+    location: str | None
+    state: str = Field(
+        description="ok, fault, offline (reported by a live gateway) or unknown (the gateway "
+        "is offline, so nobody can tell; not a device fault)."
+    )
+    fault: str | None
+    device_last_seen: datetime | None
+    reported_at: datetime | None
+    counters: dict[str, Any]
+
+
+def _with_compound() -> sa.Select[Gateway, int]:
+    return (
+        sa.select(Gateway, Building.compound_id)
+        .outerjoin(Entrance, Entrance.id == Gateway.entrance_id)
+        .outerjoin(Building, Building.id == Entrance.building_id)
+    )
 
 
 @router.get("")
-def read_gateways(session: SessionDep, settings: SettingsDep, _user: CurrentUser) -> GatewaysPublic:
-    now = utcnow()
-    items = [
-        GatewayPublic.of(g, now=now, offline_after_s=settings.gateway_offline_after_s)
-        for g in list_gateways(session)
-    ]
-    return GatewaysPublic(items=items, total=len(items))
+def read_gateways(
+    *,
+    session: SessionDep,
+    user: GatewayUser,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
+    offset: Annotated[int, Query(ge=0)] = 0,
+    online: bool | None = None,
+    compound_id: int | None = None,
+    after: Annotated[str | None, Query(max_length=64)] = None,
+) -> GatewaysPublic:
+    """Gateways ordered by id, a page at a time (``limit`` with ``offset``, or with ``after``
+    = the previous page's ``next_after``); filter by ``online`` and ``compound_id``."""
+    if compound_id is not None:
+        ensure_compound(user, compound_id)
+    stmt = scope_filter(_with_compound(), user, Building.compound_id)
+    if online is not None:
+        stmt = stmt.where(Gateway.online.is_(online))
+    if compound_id is not None:
+        stmt = stmt.where(Building.compound_id == compound_id)
+    total = session.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0
+    if after is not None:
+        stmt = stmt.where(Gateway.gateway_id > after)
+    rows = session.execute(stmt.order_by(Gateway.gateway_id).limit(limit + 1).offset(offset)).all()
+    more = len(rows) > limit
+    items = [GatewayPublic.of(g, c) for g, c in rows[:limit]]
+    return GatewaysPublic(
+        items=items,
+        total=total,
+        limit=limit,
+        offset=offset,
+        next_after=items[-1].gateway_id if more and items else None,
+    )
 
 
-@router.get("/{gateway_id}")
-def read_gateway(
-    session: SessionDep, settings: SettingsDep, _user: CurrentUser, gateway_id: str
-) -> GatewayPublic:
+def _visible_gateway(session: SessionDep, user: GatewayUser, gateway_id: str) -> Gateway:
     gateway = session.get(Gateway, gateway_id)
     if gateway is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "No such gateway")
-    return GatewayPublic.of(gateway, now=utcnow(), offline_after_s=settings.gateway_offline_after_s)
+    ensure_compound(user, compound_of_gateway(session, gateway_id))
+    return gateway
+
+
+@router.get("/{gateway_id}")
+def read_gateway(session: SessionDep, user: GatewayUser, gateway_id: str) -> GatewayPublic:
+    gateway = _visible_gateway(session, user, gateway_id)
+    return GatewayPublic.of(gateway, compound_of_gateway(session, gateway_id))
+
+
+@router.get("/{gateway_id}/devices")
+def read_gateway_devices(
+    session: SessionDep, user: GatewayUser, gateway_id: str
+) -> list[DevicePublic]:
+    """The devices behind a gateway as it last reported them (birth and heartbeats)."""
+    gateway = _visible_gateway(session, user, gateway_id)
+    rows = session.scalars(
+        sa.select(DeviceHealth)
+        .where(DeviceHealth.gateway_id == gateway_id)
+        .order_by(DeviceHealth.device_id)
+    ).all()
+    return [
+        DevicePublic(
+            device_id=d.device_id,
+            kind=d.kind,
+            unit_id=d.unit_id,
+            location=d.location,
+            state=device_state(gateway_online=gateway.online, online=d.online, fault=d.fault),
+            fault=d.fault,
+            device_last_seen=d.device_last_seen,
+            reported_at=d.reported_at,
+            counters=d.counters,
+        )
+        for d in rows
+    ]

@@ -87,20 +87,21 @@ def test_session_increments_across_restarts(tmp_path: Path) -> None:
     assert [next_session(tmp_path) for _ in range(3)] == [1, 2, 3]
 
 
-def test_outbox_survives_reopen_and_orders_by_priority(tmp_path: Path) -> None:
+async def test_outbox_survives_reopen_and_orders_by_priority(tmp_path: Path) -> None:
     ob = Outbox(tmp_path / "outbox.db")
     ob.put("t/telemetry", b"tele-1", PRIORITY_TELEMETRY)
     ob.put("t/alert", b"alert-1", PRIORITY_ALERT)
     ob.put("t/telemetry", b"tele-2", PRIORITY_TELEMETRY)
     ob.close()
     ob = Outbox(tmp_path / "outbox.db")
-    rows = ob.peek(10)
+    rows = ob.fetch(ob.cursor(), 10)
     assert [r.payload for r in rows] == [b"alert-1", b"tele-1", b"tele-2"]
-    ob.ack([rows[0].id])
+    ob.ack([rows[0].key])
+    await ob.flush()
     assert ob.depth() == 2
     age = ob.oldest_age_s()
     assert age is not None and age >= 0
     ob.close()
     ob = Outbox(tmp_path / "outbox.db")
-    assert [r.payload for r in ob.peek(10)] == [b"tele-1", b"tele-2"]
+    assert [r.payload for r in ob.fetch(ob.cursor(), 10)] == [b"tele-1", b"tele-2"]
     ob.close()

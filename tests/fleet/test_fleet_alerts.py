@@ -29,6 +29,29 @@ from tests.fleet.helpers import (
 )
 from tests.support.webhook import Received, webhook_receiver
 
+V1_FIELDS = frozenset(
+    {
+        "v",
+        "alert_id",
+        "kind",
+        "category",
+        "severity",
+        "state",
+        "title_zh",
+        "title_en",
+        "unit_id",
+        "building",
+        "sensor_id",
+        "meter_id",
+        "reader_id",
+        "gateway_id",
+        "raised_at",
+        "cleared_at",
+        "evidence",
+        "link",
+    }
+)
+
 
 def assert_signed(received: Received, alert_id: str) -> None:
     expected = hmac.new(WEBHOOK_SECRET.encode(), received.body, hashlib.sha256).hexdigest()
@@ -63,7 +86,8 @@ async def test_alert_is_stored_once_forwarded_once_and_follows_its_episode(
             received = await eventually(forwarded, "the alert at the webhook")
             assert_signed(received[0], alert_id)
             body = received[0].json()
-            assert body == {
+            # The first webhook version's fields, unchanged (issue 7 added lifecycle fields).
+            assert {k: body[k] for k in body if k in V1_FIELDS} == {
                 "v": 1,
                 "alert_id": alert_id,
                 "kind": "ebike_charging",
@@ -122,7 +146,7 @@ async def test_alert_is_stored_once_forwarded_once_and_follows_its_episode(
             assert a["severity"] == "high"
             assert a["cleared_at"] == "2026-03-01T23:00:00Z"
             assert a["evidence"] == {"peak_power_w": 240.0, "duration_s": 10800}
-            assert [(d["status"], d["attempts"]) for d in a["deliveries"]] == [("delivered", 1)]
+            assert [(d["status"], d["attempts"]) for d in a["deliveries"]] == [("delivered", 1)] * 3
 
             r = await client.get("/api/alerts", headers=headers, params={"state": "cleared"})
             assert [x["alert_id"] for x in r.json()["items"]] == [alert_id]
@@ -131,8 +155,14 @@ async def test_alert_is_stored_once_forwarded_once_and_follows_its_episode(
             r = await client.get("/api/alerts", headers=headers)
             assert r.json()["total"] == 2
             assert (await client.get("/api/alerts/nope", headers=headers)).status_code == 404
-            # Forwarded once, although ingest saw the raise twice and the episode changed.
-            assert len(await forwarded()) == 1
+            # The raise once although ingest saw it twice, then the severity rise and the clear
+            # (issue 7: updates are forwarded too), each under its own idempotency key.
+            events = [(r.json()["event"], r.headers["idempotency-key"]) for r in await forwarded()]
+            assert events == [
+                ("raised", alert_id),
+                ("severity", f"{alert_id}.2"),
+                ("cleared", f"{alert_id}.3"),
+            ]
 
 
 async def test_forwarder_retries_after_the_receiver_fails(

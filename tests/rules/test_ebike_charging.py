@@ -333,7 +333,7 @@ def test_charging_after_a_clear_is_a_new_episode_after_a_full_sustain() -> None:
 
 
 def test_silent_sensor_clears_at_last_report_plus_stale_after() -> None:
-    eng = engine(config(stale_after_s=900))
+    eng = engine(config(stale_after_s=900, resume_within_s=900))  # no hold: clears at once
     changes = feed(eng, [on(DAY, STAIR, power=170.0), on(DAY + s(300), STAIR), tick(DAY + s(5000))])
     stale_at = DAY + s(300 + 900)
     assert changes == [
@@ -357,6 +357,86 @@ def test_silent_sensor_clears_at_last_report_plus_stale_after() -> None:
             ),
         ),
     ]
+
+
+# -- a dropout in the middle of a session (resume_within_s) ------------------------------------
+
+
+def cleared_by_silence(
+    sensor: str, since: datetime, stale_at: datetime, reports: int, last: datetime
+) -> AlertChange:
+    return AlertChange(
+        Change.CLEARED,
+        episode(
+            sensor=sensor,
+            severity=Severity.HIGH,
+            raised_at=since + s(120),
+            cleared_at=stale_at,
+            evidence=evidence(
+                sensor=sensor,
+                since=since,
+                until=stale_at,
+                reports=reports,
+                last=last,
+                ended_by="silence",
+            ),
+        ),
+    )
+
+
+def test_charging_after_a_dropout_continues_the_same_episode() -> None:
+    # A BLE sensor silent for 2 h in the middle of a charge: one session, one episode.
+    eng = engine(config(stale_after_s=900, resume_within_s=6 * 3600))
+    back = DAY + s(300 + 2 * 3600)
+    changes = feed(
+        eng,
+        [on(DAY, STAIR), on(DAY + s(300), STAIR), tick(DAY + s(3600)), on(back, STAIR)],
+    )
+    assert changes == [raised(STAIR, Severity.HIGH, DAY, reports=1, last=DAY)]
+    ep = eng.open_episodes()[0]
+    # ... and it clears as usual when charging stops.
+    done = feed(eng, [off(back + s(600), STAIR), tick(back + s(700))])
+    assert [c.change for c in done] == [Change.CLEARED]
+    assert done[0].episode.id == ep.id
+    assert done[0].episode.cleared_at == back + s(600)
+    assert done[0].episode.evidence["reports"] == 3
+    assert done[0].episode.evidence["ended_by"] == "not_charging"
+
+
+def test_not_charging_after_a_dropout_clears_at_last_report_plus_stale_after() -> None:
+    eng = engine(config(stale_after_s=900, resume_within_s=6 * 3600))
+    back = DAY + s(300 + 3600)
+    changes = feed(eng, [on(DAY, STAIR), on(DAY + s(300), STAIR), off(back, STAIR)])
+    stale_at = DAY + s(300 + 900)
+    assert changes == [
+        raised(STAIR, Severity.HIGH, DAY, reports=1, last=DAY),
+        cleared_by_silence(STAIR, DAY, stale_at, reports=2, last=back),
+    ]
+    assert eng.open_episodes() == []
+
+
+@pytest.mark.parametrize(
+    ("gap", "episodes"),
+    [
+        pytest.param(6 * 3600 - 1, 1, id="just-within-resume_within_s"),
+        pytest.param(6 * 3600, 2, id="exactly-resume_within_s"),
+    ],
+)
+def test_charging_at_resume_within_s_after_the_last_report_is_a_new_session(
+    gap: float, episodes: int
+) -> None:
+    eng = engine(config(stale_after_s=900, resume_within_s=6 * 3600))
+    back = DAY + s(300 + gap)
+    changes = feed(
+        eng, [on(DAY, STAIR), on(DAY + s(300), STAIR), on(back, STAIR), tick(back + s(120))]
+    )
+    raises = [c for c in changes if c.change is Change.RAISED]
+    assert len(raises) == episodes
+    if episodes == 2:  # the first cleared when the hold ran out, at last report + stale_after_s
+        assert changes[1] == cleared_by_silence(
+            STAIR, DAY, DAY + s(300 + 900), reports=2, last=DAY + s(300)
+        )
+        assert raises[1].episode.raised_at == back + s(120)
 
 
 def test_run_that_goes_silent_before_the_threshold_is_dropped() -> None:

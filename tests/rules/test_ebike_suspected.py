@@ -243,3 +243,51 @@ def test_a_charger_under_a_heater_is_still_seen_with_current() -> None:
 def test_same_input_same_output() -> None:
     events = readings([*HOUSE, charger(hours(19), cc=hours(2.5), taper=hours(1.5))])
     assert run(events) == run(events)
+
+
+def test_a_taper_after_a_heater_switched_off_reports_the_chargers_own_step() -> None:
+    # A 2 kW heater runs steadily under the charger's plateau and is switched off when the
+    # taper begins: the step that started the session is the charger's (about 160 W), not the
+    # fall from the heater's level, which would make the step negative.
+    loads = [
+        *HOUSE,
+        steady(hours(17), hours(4.5), 2000.0, 1.0),
+        charger(hours(19), cc=hours(2.5), taper=hours(1.5)),
+    ]
+    changes = run(readings(loads, current=False))
+    assert [c.change for c in changes] == [Change.RAISED, Change.UPDATED, Change.CLEARED]
+    ev = changes[0].episode.evidence
+    assert ev["recognised_by"] == "taper"
+    assert ev["step_w"] is not None and 130.0 <= float(ev["step_w"]) <= 200.0
+    assert ev["baseline"] is not None and float(ev["baseline"]) < 200.0
+
+
+def test_a_second_battery_charged_alongside_the_first_gets_its_own_episode() -> None:
+    # Two riders: one plugs in at 19:00 (5 h plateau), the other at 20:30 (2 h plateau) and is
+    # done first. The second session is reported while it charges; the flat keeps one open
+    # episode (the first one hands over), and the first session is not raised a second time.
+    loads = [
+        *HOUSE,
+        charger(hours(19), cc=hours(5), taper=hours(1.5)),
+        charger(hours(20.5), cc=hours(2), taper=hours(1), watts=220.0, pf=0.62),
+    ]
+    changes = run(readings(loads))
+    raises = [c.episode for c in changes if c.change is Change.RAISED]
+    clears = [c.episode for c in changes if c.change is Change.CLEARED]
+    assert len(raises) == 2
+    assert [ep.id for ep in clears] == [ep.id for ep in raises]
+    first, second = raises
+    assert first.raised_at < at(20.6)
+    assert at(21.5) <= second.raised_at <= at(22.6)  # on the second plateau, before it tapers
+    assert clears[0].evidence["ended_by"] == "next_session"
+    assert clears[0].cleared_at == second.raised_at
+    assert second.evidence["step_w"] is not None and 180.0 <= float(second.evidence["step_w"]) <= 260.0
+
+
+def test_one_charger_is_one_episode_however_long_its_plateau() -> None:
+    changes = run(readings([*HOUSE, charger(hours(18), cc=hours(6), taper=hours(2))]))
+    assert [c.change for c in changes if c.change is not Change.UPDATED] == [
+        Change.RAISED,
+        Change.CLEARED,
+    ]
+

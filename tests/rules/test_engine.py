@@ -275,3 +275,116 @@ def test_random_interleavings_keep_the_episode_lifecycle(
     if reports_only and reports_only[-1].ts == events[-1].ts:
         without_ticks = check_invariants(RuleEngine(SITE, rules_config, scope=SCOPE), reports_only)
         assert without_ticks == episodes
+
+
+# -- time reaching idle rules: the engine's per-route memo ------------------------------------
+
+
+@dataclass
+class DueRule:
+    """A stand-in rule with deadlines: records every event it is given. Each event it processes
+    fires the deadlines due by then and, with ``again_s``, sets a new one that much later (as a
+    real rule does when a reading starts a sustain timer)."""
+
+    kinds: frozenset[AlertKind]
+    inputs: frozenset[type[DeviceInput]]
+    dues: list[datetime]
+    again_s: int | None = None
+    seen: list[tuple[str, datetime]] = field(default_factory=list)
+
+    @property
+    def next_due(self) -> datetime | None:
+        return min(self.dues) if self.dues else None
+
+    def process(self, event: RuleInput) -> list[AlertChange]:
+        self.seen.append((type(event).__name__, event.ts))
+        self.dues = next_dues(self.dues, event.ts, self.again_s)
+        return []
+
+    def open_episodes(self) -> list[AlertEpisode]:
+        return []
+
+    def finish(self) -> list[AlertEpisode]:
+        return []
+
+
+def next_dues(dues: list[datetime], at: datetime, again_s: int | None) -> list[datetime]:
+    left = [d for d in dues if d > at]
+    return left if again_s is None else [*left, at + s(again_s)]
+
+
+def expected_seen(rule: DueRule, events: Sequence[RuleInput]) -> list[tuple[str, datetime]]:
+    """The routing rule of the engine's docstring, one event at a time, without memos."""
+    seen: list[tuple[str, datetime]] = []
+    dues = list(rule.dues)
+    for event in events:
+        known = not isinstance(event, MeterReading) or event.meter_id != "m-unknown"
+        if isinstance(event, Tick) or (known and type(event) in rule.inputs):
+            seen.append((type(event).__name__, event.ts))
+        elif dues and min(dues) <= event.ts:
+            seen.append(("Tick", event.ts))
+        else:
+            continue
+        dues = next_dues(dues, event.ts, rule.again_s)
+    return seen
+
+
+def make_event(kind: str, at: datetime) -> RuleInput:
+    if kind == "meter":
+        return MeterReading(ts=at, meter_id="m-3-301", power_w=100.0)
+    if kind == "swipe":
+        return CardSwipe(ts=at, reader_id="b3-entrance", card="c")
+    if kind == "sensor":
+        return on(at, FLAT)
+    if kind == "unknown":
+        return MeterReading(ts=at, meter_id="m-unknown", power_w=1.0)
+    return Tick(at)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(
+            st.sampled_from(["meter", "meter", "meter", "swipe", "sensor", "unknown", "tick"]),
+            st.sampled_from([0, 0, 1, 5, 30, 61]),
+        ),
+        max_size=80,
+    ),
+    dues=st.lists(st.lists(st.integers(0, 1500), max_size=6), min_size=3, max_size=3),
+    again=st.lists(st.one_of(st.none(), st.integers(0, 90)), min_size=3, max_size=3),
+    explicit_seconds=st.booleans(),
+)
+def test_every_idle_rule_is_ticked_at_the_first_event_after_its_deadline(
+    steps: list[tuple[str, int]],
+    dues: list[list[int]],
+    again: list[int | None],
+    explicit_seconds: bool,
+) -> None:
+    inputs: list[frozenset[type[DeviceInput]]] = [
+        frozenset({MeterReading}),
+        frozenset({CardSwipe}),
+        frozenset({ChargingSensorReading}),
+    ]
+    kinds = [AlertKind.OVERLOAD, AlertKind.SUSPECTED_GROUP_RENTAL, AlertKind.EBIKE_CHARGING]
+    rules = [
+        DueRule(frozenset({kind}), ins, [DAY + s(d) for d in due], again_s)
+        for kind, ins, due, again_s in zip(kinds, inputs, dues, again, strict=True)
+    ]
+    events: list[RuleInput] = []
+    at = DAY
+    for kind, gap in steps:
+        at += s(gap)
+        events.append(make_event(kind, at))
+    wanted = [expected_seen(r, events) for r in rules]
+    eng = RuleEngine(SITE, RulesConfig(), rules=rules)
+    for event in events:
+        eng.process(event, event.ts.timestamp() if explicit_seconds else None)
+    assert [r.seen for r in rules] == wanted
+
+
+def test_seconds_given_by_the_caller_change_nothing() -> None:
+    events = sample_input()
+    plain, given_seconds = engine(), engine()
+    changes = feed(plain, events)
+    assert [c for e in events for c in given_seconds.process(e, e.ts.timestamp())] == changes
+    assert given_seconds.finish() == plain.finish()

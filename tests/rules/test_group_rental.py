@@ -234,3 +234,49 @@ def test_the_default_engine_with_its_meter_log_gives_the_same_episodes() -> None
     eng = RuleEngine(s, RulesConfig(), scope=SCOPE)
     assert feed(eng, stream) == standalone
     assert [ep.subject.unit_id for ep in eng.finish()] == ["1-44", "1-99"]
+
+
+def test_more_card_holders_than_registered_residents_is_a_signal() -> None:
+    # 3 card holders in daily use in a two-room flat registered for 1: legal density, but two
+    # people live there whom the registration does not list; with strong usage it is raised.
+    flat = Flat(unit="1-11", registered=1, cards=3, swipes_per_card=2)
+    _, changes = run([*neighbours(), flat], days=9)
+    assert [c.episode.subject.unit_id for c in changes] == ["1-11"]
+    ev = changes[0].episode.evidence
+    assert ev["signals"] == "over_registration,swipes"
+    assert ev["estimated_occupants"] == 3
+    assert ev["registered_occupants"] == 1
+
+
+def test_over_registration_by_one_less_than_the_margin_is_not_a_signal() -> None:
+    flat = Flat(unit="1-11", registered=2, cards=3, swipes_per_card=2)  # 3 < 2 + 2
+    _, changes = run([*neighbours(), flat], days=9)
+    assert changes == []
+    # The margin is configurable: at 1 the same flat is raised.
+    cfg = GroupRentalConfig(over_registration_margin=1)
+    _, changes = run([*neighbours(), flat], days=9, cfg=cfg)
+    assert [c.episode.evidence["signals"] for c in changes] == ["over_registration,swipes"]
+
+
+def test_over_registration_alone_with_ordinary_usage_never_raises() -> None:
+    # Registration lags behind (a couple registered as one): one card swipe a day each.
+    flat = Flat(unit="1-11", registered=1, cards=3, swipes_per_card=1)
+    _, changes = run([*neighbours(), flat], days=10)
+    assert changes == []
+
+
+def test_days_without_any_swipe_in_the_building_are_not_evidence() -> None:
+    # The building's reader dies on day 8: the group rental stays suspected on the days it
+    # worked, instead of clearing because nobody seems to live there any more.
+    dead = set(range(8, 20))
+    flats = [
+        *[Flat(unit=f.unit, registered=2, away=dead) for f in neighbours()],
+        rental(away=dead),
+    ]
+    eng, changes = run(flats, days=20)
+    assert [c.change for c in changes] == [Change.RAISED]
+    (ep,) = eng.finish()
+    assert ep.evidence["estimated_occupants"] == 6
+    assert ep.evidence["window_days"] == 7
+    # A single flat whose cards stop while the building's other cards go on is different:
+    # its people are gone (see test_clears_three_evaluations_after_the_signals_are_gone).

@@ -30,7 +30,9 @@ class WebhookReceiver:
 
 
 @contextmanager
-def webhook_receiver() -> Iterator[WebhookReceiver]:
+def webhook_receiver(port: int = 0) -> Iterator[WebhookReceiver]:
+    """A receiver on ``port`` (any free one by default; a fixed one lets a test bring a
+    receiver "back up" at the URL the fleet has been failing to reach)."""
     state = WebhookReceiver(url="")
     lock = threading.Lock()
 
@@ -51,7 +53,7 @@ def webhook_receiver() -> Iterator[WebhookReceiver]:
         def log_message(self, format: str, *args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
