@@ -2,12 +2,14 @@
 ``GET /api/gateways`` latency.
 
 Starts a private Mosquitto (the system one carries other work's traffic), a fresh PostgreSQL
-database, ``fleet-manager serve`` (ingest and health monitor in-process, offline after
-``3 x --interval`` of silence) and three ``firmware-sim fleet`` processes: the bulk of the fleet,
-and two groups of ``--victims`` gateways each that are killed after ``--kill-after`` seconds,
-one by dropping the TCP connection (the broker publishes the will) and one by going silent
-with the socket left open (half-open: keepalive 120 s, so only the fleet manager's inactivity
-timeout can tell). Heartbeats and telemetry every ``--interval`` seconds per gateway, as the agent.
+database, the fleet manager (``--layout split``, the systemd layout: ``fleet-manager serve`` for
+the API and one ``fleet-manager ingest`` worker with the health monitor; ``single``: one
+``serve`` process doing everything), offline after ``3 x --interval`` of silence, and three
+``firmware-sim fleet`` processes: the bulk of the fleet, and two groups of ``--victims``
+gateways each that are killed after ``--kill-after`` seconds, one by dropping the TCP
+connection (the broker publishes the will) and one by going silent with the socket left open
+(half-open: keepalive 120 s, so only the fleet manager's inactivity timeout can tell).
+Heartbeats and telemetry every ``--interval`` seconds per gateway, as the agent.
 
 Measured:
 
@@ -99,7 +101,7 @@ class SimProcess:
 
     def __init__(self, args: list[str], log: Path) -> None:
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "firmware_sim.cli", "fleet", *args],
+            [sys.executable, "-m", "firmware_sim", "fleet", *args],
             cwd=REPO, stdout=subprocess.PIPE, stderr=log.open("wb"), text=True,
         )  # fmt: skip
         self.connected_at: float | None = None
@@ -183,6 +185,13 @@ def main() -> None:
         "--database-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     )
     parser.add_argument("--log-dir", default="/tmp/fleet-sim-bench")
+    parser.add_argument(
+        "--layout",
+        choices=("split", "single"),
+        default="split",
+        help="split: `serve` for the API and one `fleet-manager ingest` worker (the systemd "
+        "layout); single: one `serve` process doing everything",
+    )
     args = parser.parse_args()
     logs = Path(args.log_dir)
     logs.mkdir(parents=True, exist_ok=True)
@@ -199,6 +208,16 @@ def main() -> None:
             "FLEET_GATEWAY_OFFLINE_AFTER_S": str(3 * args.interval),
             "FLEET_LOG_LEVEL": "WARNING",
         }
+        workers: list[subprocess.Popen[bytes]] = []
+        if args.layout == "split":
+            workers.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "fleet", "ingest", "--client-id", "bench-ingest-1"],
+                    cwd=REPO, env=env, stdout=(logs / "ingest.log").open("wb"),
+                    stderr=subprocess.STDOUT,
+                )
+            )  # fmt: skip
+            env = {**env, "FLEET_INGEST_ENABLED": "false"}
         server = subprocess.Popen(
             [sys.executable, "-m", "fleet", "serve"], cwd=REPO, env=env,
             stdout=(logs / "fleet.log").open("wb"), stderr=subprocess.STDOUT,
@@ -271,14 +290,17 @@ def main() -> None:
         finally:
             for sim in sims:
                 sim.stop()
-            server.send_signal(signal.SIGTERM)
-            try:
-                server.wait(30)
-            except subprocess.TimeoutExpired:
-                server.kill()
+            for proc in (server, *workers):
+                proc.send_signal(signal.SIGTERM)
+            for proc in (server, *workers):
+                try:
+                    proc.wait(30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
 
+    print(f"\nlayout: {args.layout}")
     print(
-        f"\nfleet: {args.gateways} gateways, heartbeat + telemetry every {args.interval:.0f} s, "
+        f"fleet: {args.gateways} gateways, heartbeat + telemetry every {args.interval:.0f} s, "
         f"offline after {3 * args.interval:.0f} s of silence; {args.victims} killed per mode"
     )
     print(

@@ -244,6 +244,14 @@ class GroupRentalConfig(_Strict):
         description="... in a building where at least this many unregistered cards are in "
         "daily use (people live there whom the card list does not place)",
     )
+    explained_load_ratio: float = Field(
+        default=3.0,
+        ge=1,
+        description="the registered household no longer explains the flat when its load is at "
+        "least this many times that of similar flats while hidden_tenants holds (unregistered "
+        "cards in daily use in the building): three times the energy and the evening spread is "
+        "what three households make, and a large family's cards are mostly registered",
+    )
     over_registration_margin: int = Field(
         default=2,
         ge=1,

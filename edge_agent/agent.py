@@ -57,7 +57,7 @@ from edge_agent.desired import (
     read_toml,
 )
 from edge_agent.drivers import DriverSpec, describe_devices, driver_specs
-from edge_agent.health import SystemProbe, device_statuses, task_health
+from edge_agent.health import SystemProbe, device_statuses, release_free_heap, task_health
 from edge_agent.outbox import PRIORITY_ALERT, PRIORITY_EVENT, PRIORITY_TELEMETRY, Outbox
 from edge_agent.privacy import Pseudonymiser
 from edge_agent.session import MessageFactory, next_session, utc_now
@@ -545,6 +545,7 @@ class Agent:
         while True:
             await asyncio.sleep(self.config.heartbeat_interval_s)
             await self.uplink.publish_live(topic, encode(self.heartbeat()))
+            release_free_heap()  # what the last interval freed (see health.release_free_heap)
 
     async def _control_loop(self) -> None:
         """Desired configs and commands from the downlink, and the rollback deadline."""
@@ -606,6 +607,7 @@ class Agent:
                 tg.create_task(sup.run(), name="supervisor")
                 await sup.ready.wait()
                 self.sd.ready(f"{len(self._drivers)} drivers")
+                release_free_heap()  # the imports' and config validation's garbage
         finally:
             self.sd.stopping()
             self.flush_telemetry()

@@ -12,7 +12,6 @@ from pathlib import Path
 
 from edge_agent.config import ConfigError
 from edge_agent.desired import load_effective_config
-from edge_agent.scan_cli import add_scan_parser
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +78,14 @@ def main(argv: list[str] | None = None) -> None:
     doc.add_argument("--config", type=Path, default=DEFAULT_CONFIG)
     doc.add_argument("--device-timeout", type=float, default=10.0, help="seconds per device")
     doc.add_argument("--lang", choices=["zh", "en"], help="default: zh (en when LANG=en*)")
-    add_scan_parser(sub)
+    argv = sys.argv[1:] if argv is None else argv
+    if "scan" in argv:
+        # the scan tools import every driver stack (pymodbus, BLE, pyserial): only for `scan`
+        from edge_agent.scan_cli import add_scan_parser  # noqa: PLC0415
+
+        add_scan_parser(sub)
+    else:
+        sub.add_parser("scan", help="installer tools: find devices and write config")
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=args.log_level.upper(),

@@ -153,18 +153,27 @@ class Outbox:
         self._reserve_path = path.with_name(path.name + ".reserve")
         self._audit = audit
         self._clock = clock
-        self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
-        self._db.execute(f"PRAGMA journal_size_limit={4 * _MB}")
-        self._db.executescript(_SCHEMA)
-        if audit:
-            self._db.executescript(_AUDIT_SCHEMA)
+        self.fault: str | None = None
+        try:
+            self._db, self._reader = self._open()
+        except (sqlite3.Error, OSError) as exc:
+            # A restart on a full disk: SQLite cannot even create its WAL. Give up the reserve
+            # and try once more (if that fails too, the error says why the agent cannot start).
+            free = self._free_bytes()
+            if not is_disk_full(exc) and (free is None or free >= LOW_WATER_BYTES):
+                raise
+            with contextlib.suppress(OSError):
+                self._reserve_path.unlink()
+            self._db, self._reader = self._open()
+            self.fault = FAULT_DISK_FULL
+            log.error(  # noqa: TRY400 - the cause is in the message
+                "outbox: opened %s on a full disk (%s; %s bytes free before releasing the "
+                "reserve): dropping telemetry, storing alerts and events in the reserve",
+                path,
+                exc,
+                free,
+            )
         self._page_size = int(self._db.execute("PRAGMA page_size").fetchone()[0])
-        # Reads (drain, stats) run on the event loop through their own connection: WAL
-        # readers see committed rows only and never wait for the writer's fsync.
-        self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._reader.execute("PRAGMA query_only=ON")
         self._depth = int(self._db.execute("SELECT count(*) FROM outbox").fetchone()[0])
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox-db")
         self._pending: list[_Item] = []
@@ -177,7 +186,6 @@ class Outbox:
         self._closed = False
         self._retry_at = 0.0
         self._retry_timer: asyncio.TimerHandle | None = None
-        self.fault: str | None = None
         self.counters: dict[str, int] = {
             "committed": 0,
             "commits": 0,
@@ -191,7 +199,28 @@ class Outbox:
             "held_dropped": 0,
         }
         self.added = asyncio.Event()  # set when committed rows (or held ones) are ready to send
-        self._ensure_reserve()
+        if self.fault is None:
+            self._ensure_reserve()
+        else:
+            self.counters["disk_full_faults"] += 1
+
+    def _open(self) -> tuple[sqlite3.Connection, sqlite3.Connection]:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute(f"PRAGMA journal_size_limit={4 * _MB}")
+            db.executescript(_SCHEMA)
+            if self._audit:
+                db.executescript(_AUDIT_SCHEMA)
+            # Reads (drain, stats) run on the event loop through their own connection: WAL
+            # readers see committed rows only and never wait for the writer's fsync.
+            reader = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except BaseException:
+            db.close()
+            raise
+        reader.execute("PRAGMA query_only=ON")
+        return db, reader
 
     # -- producing --------------------------------------------------------------------------
 

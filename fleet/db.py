@@ -101,18 +101,36 @@ def alembic_config(connection: sa.Connection | None = None) -> Config:
     return cfg
 
 
-def migrate(database_url: str) -> None:
-    """Upgrade the database at ``database_url`` to the newest schema (a no-op when current)."""
+def migrate(database_url: str, revision: str = "head") -> None:
+    """Upgrade the database at ``database_url`` to ``revision`` (a no-op when current).
+
+    On SQLite, foreign keys are switched off for the migration's connection: SQLite's batch
+    "ALTER" rebuilds a table by copying it and dropping the original, and with foreign keys on,
+    dropping ``gateways`` would cascade to every row that refers to it. ``PRAGMA
+    foreign_key_check`` then verifies the result before the migration commits.
+    """
     engine = make_engine(database_url, poolclass=sa.pool.NullPool)
     try:
-        with engine.begin() as conn:
-            if conn.dialect.name == "postgresql":
-                # Transaction-scoped: released at commit, so two API processes starting at
-                # once migrate one after the other instead of racing on CREATE TABLE.
-                conn.execute(
-                    sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID}
-                )
-            command.upgrade(alembic_config(conn), "head")
+        with engine.connect() as conn:
+            sqlite = conn.dialect.name == "sqlite"
+            if sqlite:
+                # Must run outside a transaction (it is a no-op inside one).
+                conn.connection.dbapi_connection.execute("PRAGMA foreign_keys=OFF")  # type: ignore[union-attr]
+            with conn.begin():
+                if conn.dialect.name == "postgresql":
+                    # Transaction-scoped: released at commit, so two API processes starting at
+                    # once migrate one after the other instead of racing on CREATE TABLE.
+                    conn.execute(
+                        sa.text("SELECT pg_advisory_xact_lock(:id)"), {"id": _MIGRATION_LOCK_ID}
+                    )
+                command.upgrade(alembic_config(conn), revision)
+                if sqlite:
+                    broken = conn.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+                    if broken:
+                        raise RuntimeError(
+                            f"migration left {len(broken)} rows with dangling foreign keys "
+                            f"(first: {tuple(broken[0])}); nothing was changed"
+                        )
     finally:
         engine.dispose()
     log.info("database schema is at the newest revision")

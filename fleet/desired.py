@@ -40,9 +40,12 @@ devices, flats, cards, gateways' entrances or compound rules) and every
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import ssl
+import threading
+import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -417,6 +420,12 @@ def set_override(
         raise ConfigInputError(
             f"unknown config keys {sorted(unknown)}; allowed: {sorted(DESIRED_CONFIG_KEYS)}"
         )
+    try:
+        text = json.dumps(config, allow_nan=False)
+    except ValueError as exc:
+        raise ConfigInputError(f"config is not plain JSON: {exc}") from exc
+    if "\\u0000" in text:
+        raise ConfigInputError("config contains a NUL character")
     return _store(session, gateway_id, config, [], source=SOURCE_OVERRIDE, now=now or utcnow())
 
 
@@ -486,20 +495,105 @@ def record_config_state(session: Session, message: ConfigState, received_at: dat
 
 # --- The publisher ---------------------------------------------------------------------------
 
-_WATCHED = (Device, Flat, CardRegistration, CompoundRules, Entrance, Building)
+
+@dataclass
+class Touched:
+    """What a transaction changed in the register, as far as configs are concerned."""
+
+    compounds: set[int] = field(default_factory=set)
+    buildings: set[int] = field(default_factory=set)
+    flats: set[int] = field(default_factory=set)
+    gateways: set[str] = field(default_factory=set)
+    everything: bool = False  # could not tell what: re-assemble all
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.everything or self.compounds or self.buildings or self.flats or self.gateways
+        )
+
+    def update(self, other: Touched) -> None:
+        self.everything |= other.everything
+        self.compounds |= other.compounds
+        self.buildings |= other.buildings
+        self.flats |= other.flats
+        self.gateways |= other.gateways
 
 
-def _touches_register(session: Session) -> bool:
+_KEYS: dict[type[Base], tuple[str, ...]] = {
+    Device: ("compound_id",),
+    CompoundRules: ("compound_id",),
+    Building: ("compound_id",),
+    Entrance: ("building_id",),
+    Flat: ("building_id",),
+    CardRegistration: ("flat_id",),
+}
+_WATCHED = tuple(_KEYS)
+
+
+def _old_and_new(obj: Base, attr: str) -> list[Any]:
+    """The attribute's value and, when it changed in this flush, its previous value."""
+    history = sa.inspect(obj).attrs[attr].history
+    return [v for v in (*history.added, *history.unchanged, *history.deleted) if v is not None]
+
+
+def touched_by(session: Session) -> Touched:
+    """The parts of the register the session's pending flush changes."""
+    touched = Touched()
     for obj in (*session.new, *session.dirty, *session.deleted):
-        if isinstance(obj, _WATCHED):
-            return True
-        if isinstance(obj, Gateway) and sa.inspect(obj).attrs.entrance_id.history.has_changes():
-            return True
-    return False
+        # An attribute that is not loaded has no history (and is not loaded here): then we
+        # cannot tell which compound changed.
+        if isinstance(obj, _WATCHED) and not any(
+            _old_and_new(obj, key) for key in _KEYS[type(obj)]
+        ):
+            touched.everything = True
+        if isinstance(obj, Device):
+            touched.compounds.update(_old_and_new(obj, "compound_id"))
+            touched.gateways.update(_old_and_new(obj, "gateway_id"))
+        elif isinstance(obj, CompoundRules | Building):
+            touched.compounds.update(_old_and_new(obj, "compound_id"))
+        elif isinstance(obj, Entrance | Flat):
+            touched.buildings.update(_old_and_new(obj, "building_id"))
+        elif isinstance(obj, CardRegistration):
+            touched.flats.update(_old_and_new(obj, "flat_id"))
+        elif isinstance(obj, Gateway) and sa.inspect(obj).attrs.entrance_id.history.has_changes():
+            touched.gateways.add(obj.gateway_id)
+    return touched
+
+
+def affected_gateways(session: Session, touched: Touched) -> list[str]:
+    """The enrolled gateways whose config may depend on what was touched."""
+    compounds = set(touched.compounds)
+    if touched.flats:
+        touched.buildings |= set(
+            session.scalars(sa.select(Flat.building_id).where(Flat.id.in_(sorted(touched.flats))))
+        )
+    if touched.buildings:
+        compounds |= set(
+            session.scalars(
+                sa.select(Building.compound_id).where(Building.id.in_(sorted(touched.buildings)))
+            )
+        )
+    ids = set(touched.gateways)
+    if compounds:
+        ids |= set(
+            session.scalars(
+                sa.select(Gateway.gateway_id)
+                .join(Entrance, Entrance.id == Gateway.entrance_id)
+                .join(Building, Building.id == Entrance.building_id)
+                .where(Building.compound_id.in_(sorted(compounds)))
+            )
+        )
+    enrolled = set(enrolled_gateways(session))
+    return sorted(ids & enrolled)
 
 
 class ConfigPublisher:
-    """Keeps the broker's retained ``down/config`` of every enrolled gateway current."""
+    """Keeps the broker's retained ``down/config`` of every enrolled gateway current.
+
+    Register changes committed through this app's sessions re-assemble the configs of the
+    compounds they touch (an ORM hook); a full sweep runs at start and every
+    ``FLEET_CONFIG_SWEEP_S`` for changes made elsewhere (another process, bulk SQL).
+    """
 
     def __init__(
         self, settings: Settings, sessions: sessionmaker[Session], *, db: DbThreads
@@ -509,22 +603,34 @@ class ConfigPublisher:
         self._db = db
         self._wake = asyncio.Event()
         self._sweep = True  # assemble everything once at start
+        self._touched = Touched()
+        self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.published = 0
+        self.refreshed = 0
         self._listeners: list[tuple[str, Callable[..., None]]] = []
 
     def watch(self) -> None:
-        """Wake up after any commit that changes the register (in any thread)."""
+        """Re-assemble after any commit that changes the register (in any thread)."""
 
         def after_flush(session: Session, _ctx: Any) -> None:
-            if _touches_register(session):
-                session.info["fleet_register_changed"] = True
+            touched = touched_by(session)
+            if touched:
+                session.info.setdefault("fleet_register_touched", Touched()).update(touched)
 
         def after_commit(session: Session) -> None:
-            if session.info.pop("fleet_register_changed", False):
-                self.request(sweep=True)
+            touched = session.info.pop("fleet_register_touched", None)
+            if touched:
+                self.request(touched=touched)
 
-        self._listeners = [("after_flush", after_flush), ("after_commit", after_commit)]
+        def after_rollback(session: Session) -> None:
+            session.info.pop("fleet_register_touched", None)
+
+        self._listeners = [
+            ("after_flush", after_flush),
+            ("after_commit", after_commit),
+            ("after_soft_rollback", lambda session, _tx: after_rollback(session)),
+        ]
         for name, fn in self._listeners:
             sa.event.listen(self._sessions, name, fn)
 
@@ -533,10 +639,14 @@ class ConfigPublisher:
             sa.event.remove(self._sessions, name, fn)
         self._listeners = []
 
-    def request(self, *, sweep: bool = False) -> None:
-        """Ask for a publish round (thread-safe); ``sweep`` re-assembles every config first."""
-        if sweep:
-            self._sweep = True
+    def request(self, *, sweep: bool = False, touched: Touched | None = None) -> None:
+        """Ask for a publish round (thread-safe): ``touched`` parts of the register are
+        re-assembled first, or everything with ``sweep``."""
+        with self._lock:
+            if sweep:
+                self._sweep = True
+            if touched:
+                self._touched.update(touched)
         loop = self._loop
         if loop is None or loop.is_closed():
             return
@@ -563,7 +673,11 @@ class ConfigPublisher:
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         backoff = Backoff(1.0, self._settings.config_publish_retry_s)
+        next_sweep = time.monotonic() + self._settings.config_sweep_s
         while True:
+            if time.monotonic() >= next_sweep:
+                self.request(sweep=True)
+                next_sweep = time.monotonic() + self._settings.config_sweep_s
             try:
                 await self._round()
                 backoff.reset()
@@ -572,16 +686,20 @@ class ConfigPublisher:
                 delay = backoff.next_delay()
                 log.warning("desired config publishing failed (%s); retrying in %.1f s", exc, delay)
             self._wake.clear()
-            try:
-                async with asyncio.timeout(delay):
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(min(delay, max(0.0, next_sweep - time.monotonic()))):
                     await self._wake.wait()
-            except TimeoutError:
-                self._sweep = True  # the safety net: re-assemble after a quiet period
 
     async def _round(self) -> None:
-        if self._sweep:
-            self._sweep = False
-            await self._db.run(self._refresh_all)
+        with self._lock:
+            sweep, self._sweep = self._sweep, False
+            touched, self._touched = self._touched, Touched()
+        if sweep or touched:
+            try:
+                await self._db.run(self._refresh, None if sweep else touched)
+            except BaseException:
+                self.request(sweep=sweep, touched=touched)  # not lost: retried next round
+                raise
         pending = await self._db.run(self._unpublished)
         if not pending:
             return
@@ -594,13 +712,19 @@ class ConfigPublisher:
                 self.published += 1
                 log.info("published desired config v%d of %s", message.version, message.gw)
 
-    def _refresh_all(self) -> None:
+    def _refresh(self, touched: Touched | None) -> None:
+        """Re-assemble the configs of ``touched`` (every enrolled gateway's when None)."""
         tz = self._settings.display_timezone
         with self._sessions() as session:
-            ids = enrolled_gateways(session)
+            ids = (
+                enrolled_gateways(session)
+                if touched is None or touched.everything
+                else affected_gateways(session, touched)
+            )
         for gateway_id in ids:
             with self._sessions() as session, session.begin():
                 refresh(session, gateway_id, timezone=tz)
+            self.refreshed += 1
 
     def _unpublished(self) -> list[DesiredConfig]:
         with self._sessions() as session:

@@ -314,7 +314,7 @@ class Ingest:
         self.stats.protocol = "5" if protocol is aiomqtt.ProtocolVersion.V5 else "3.1.1"
         self.stats.shared_group = group
         topic_filter = up_filter(group)
-        queue: asyncio.Queue[_Pending] = asyncio.Queue(maxsize=self._settings.ingest_batch_max * 4)
+        queue: asyncio.Queue[_Pending] = asyncio.Queue()
         try:
             async with asyncio.TaskGroup() as tg:
                 for index in range(count):
@@ -348,6 +348,7 @@ class Ingest:
         while True:
             try:
                 client = self._client(connection.index, protocol)
+                self._deliver_to(queue, connection, client)
                 async with client:
                     connection.client = client
                     _check_granted(topic_filter, await client.subscribe(topic_filter, qos=1))
@@ -362,18 +363,9 @@ class Ingest:
                         connection.index + 1,
                         count,
                     )
-                    async for message in client.messages:
-                        await queue.put(
-                            _Pending(
-                                connection,
-                                client,
-                                message.mid,
-                                message.qos,
-                                message.topic.value,
-                                _as_bytes(message.payload),
-                                utcnow(),
-                            )
-                        )
+                    async for _ in client.messages:
+                        pass  # messages go to the queue directly (_deliver_to); this waits
+                        # for the connection to end, which raises MqttError
             except aiomqtt.MqttError as exc:
                 delay = backoff.next_delay()
                 log.warning(
@@ -389,6 +381,34 @@ class Ingest:
                 connection.client = None
                 self._up.discard(connection.index)
                 self._set_connected(count)
+
+    @staticmethod
+    def _deliver_to(
+        queue: asyncio.Queue[_Pending], connection: _Connection, client: aiomqtt.Client
+    ) -> None:
+        """Hand paho's messages straight to the batch queue.
+
+        aiomqtt would wrap each message in its own object and wake a task per message through
+        its iterator; at thousands of messages per second that is a measurable share of the
+        worker's CPU, and the batcher wants the raw messages anyway. The callback runs on the
+        event loop (aiomqtt drives paho from it), so ``put_nowait`` is safe; the queue needs
+        no bound because the broker's in-flight window (acknowledged only after commit) is one.
+        """
+
+        def on_message(_client: Any, _userdata: Any, message: Any) -> None:
+            queue.put_nowait(
+                _Pending(
+                    connection,
+                    client,
+                    message.mid,
+                    message.qos,
+                    message.topic,
+                    _as_bytes(message.payload),
+                    utcnow(),
+                )
+            )
+
+        client._client.on_message = on_message  # private: see _ack
 
     # -- batches -------------------------------------------------------------------------
 
@@ -600,6 +620,11 @@ async def run_worker(settings: Settings) -> None:
         ingest = Ingest(settings, sessions, db=db)
         monitor = HealthMonitor(settings, sessions, ingest.stats, db=db)
         log.info("ingest worker %s starting", ingest.worker_id)
+        if settings.mqtt_client_id is None:
+            log.warning(
+                "no fixed MQTT client id (--client-id / FLEET_MQTT_CLIENT_ID): the session is "
+                "clean, so messages received but not yet stored are lost if this worker dies"
+            )
         async with asyncio.TaskGroup() as tg:
             tg.create_task(ingest.run(), name="fleet-ingest")
             tg.create_task(monitor.run(), name="fleet-health")

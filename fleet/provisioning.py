@@ -64,6 +64,7 @@ from fleet.dynsec import (
 )
 from fleet.models import (
     Alert,
+    AlertEpisodeRow,
     BrokerAccount,
     Building,
     CardSwipe,
@@ -458,6 +459,12 @@ def compound_of_entrance(session: Session, entrance_id: int) -> int | None:
     )
 
 
+def _printable(text: str | None) -> str | None:
+    """What a gateway says about itself, without control characters (PostgreSQL refuses NUL
+    in text and JSON, and a log line should stay one line)."""
+    return None if text is None else "".join(ch for ch in text if ch.isprintable())
+
+
 def generate_gateway_id() -> str:
     return f"gw-{secrets.token_hex(6)}"
 
@@ -515,7 +522,10 @@ class Provisioner:
             "gateway",
             gateway_id,
             compound_id=compound_id,
-            summary={"entrance_id": entrance_id, "enrollment_code_expires_at": now.isoformat()},
+            summary={
+                "entrance_id": entrance_id,
+                "enrollment_code_expires_at": issued.expires_at.isoformat(),
+            },
         )
         return issued
 
@@ -615,8 +625,8 @@ class Provisioner:
                 compound_id=compound_id,
                 summary={
                     "enrolled_from": client_ip,
-                    "hostname": request.hostname,
-                    "agent_version": request.agent_version,
+                    "hostname": _printable(request.hostname),
+                    "agent_version": _printable(request.agent_version),
                     "broker_auth": self.accounts.mode,
                 },
             )
@@ -693,6 +703,7 @@ class Provisioner:
                 ("card_swipes", CardSwipe),
                 ("charging_events", ChargingEvent),
                 ("alerts", Alert),
+                ("alert_episodes", AlertEpisodeRow),
             ):
                 result = session.execute(
                     sa.update(model)

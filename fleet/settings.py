@@ -180,6 +180,12 @@ class Settings(DatabaseSettings):
         default=30.0, gt=0, description="retry interval for desired configs not yet published"
     )
     broker_control_timeout_s: float = Field(default=10.0, gt=0)
+    config_sweep_s: float = Field(
+        default=3600.0,
+        gt=0,
+        description="re-assemble every gateway's desired config this often, for register "
+        "changes made outside this process (changes made here are picked up at once)",
+    )
 
     @field_validator("webhook_urls", mode="before")
     @classmethod
@@ -220,6 +226,18 @@ class Settings(DatabaseSettings):
             raise ValueError(
                 f"{ENV_PREFIX}BROKER_AUTH=embedded needs {ENV_PREFIX}BROKER_AUTH_FILE (the file "
                 "the embedded broker reads its gateway credentials from)"
+            )
+        if self.broker_auth == "embedded" and not (self.mqtt_username and self.mqtt_password):
+            raise ValueError(
+                f"{ENV_PREFIX}BROKER_AUTH=embedded needs a user and password in "
+                f"{ENV_PREFIX}MQTT_URL (mqtt://user:password@host:port): the fleet manager's "
+                "own login on the embedded broker"
+            )
+        if self.broker_auth == "dynsec" and not all(self.broker_admin):
+            raise ValueError(
+                f"{ENV_PREFIX}BROKER_AUTH=dynsec needs the dynamic-security admin: "
+                f"{ENV_PREFIX}BROKER_ADMIN_USERNAME and {ENV_PREFIX}BROKER_ADMIN_PASSWORD, or a "
+                f"user and password in {ENV_PREFIX}MQTT_URL"
             )
         if self.gateway_mqtt_url is not None:
             parts = urlsplit(self.gateway_mqtt_url)

@@ -6,28 +6,106 @@ pages and the API share one token scheme and scripts on the page cannot read the
 
 from __future__ import annotations
 
-from datetime import datetime
+import asyncio
+import hashlib
+import hmac
+import io
+import json
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
-from fastapi import APIRouter, Depends, Form, Request, status
-from fastapi.responses import HTMLResponse, RedirectResponse, Response
+import segno
+import sqlalchemy as sa
+from fastapi import APIRouter, Depends, Form, Query, Request, status
+from fastapi import Path as Path_
+from fastapi.responses import (
+    FileResponse,
+    HTMLResponse,
+    RedirectResponse,
+    Response,
+    StreamingResponse,
+)
 from fastapi.templating import Jinja2Templates
+from sqlalchemy.orm import Session
 
-from contract.alerts import AlertKind
-from fleet.api.deps import SessionDep, SettingsDep
-from fleet.auth import InvalidTokenError, authenticate, create_access_token, user_from_token
+from contract.alerts import AlertKind, Category
+from fleet.api.deps import (
+    COOKIE_NAME,
+    Principal,
+    RuntimeDep,
+    SessionDep,
+    SettingsDep,
+    scope_filter,
+    web_user,
+)
+from fleet.auth import authenticate, create_access_token
 from fleet.db import utcnow
-from fleet.models import User
-from fleet.queries import alert_deliveries, gateway_online, get_alert, list_alerts, list_gateways
+from fleet.lifecycle import (
+    COMMENT_REQUIRED,
+    TRANSITIONS,
+    Action,
+    Defaults,
+    LifecycleError,
+    NotAllowedError,
+    NotFoundError,
+    Person,
+    StepInput,
+    WrongStateError,
+    load_for_step,
+    timeline,
+    transition,
+)
+from fleet.models import Alert, Building, CardSwipe, Compound, Entrance, Gateway, MeterReading, Role
+from fleet.provisioning import (
+    Provisioner,
+    ProvisioningError,
+    compound_of_entrance,
+    display_code,
+    normalize_code,
+)
+from fleet.queries import alert_deliveries, gateway_online, get_alert
 from fleet.settings import Settings
-from fleet.texts import LABELS, SEVERITY_LABELS, STATE_LABELS, Lang, kind_title, pick_lang
+from fleet.sites import alert_compound, compound_of_alert, compound_of_gateway
+from fleet.texts import (
+    EVENT_LABELS,
+    EVIDENCE_LABELS,
+    LABELS,
+    SEVERITY_LABELS,
+    STATE_LABELS,
+    STATUS_LABELS,
+    Lang,
+    kind_title,
+    pick_lang,
+)
 
-COOKIE_NAME = "fleet_token"
 TEMPLATES_DIR = Path(__file__).parent / "templates"
+STATIC_DIR = Path(__file__).parent / "static"
 RECENT_ALERTS = 50
+PAGE_SIZE = 50  # rows per page of the inbox and the fleet-health list (server-side paging)
+STREAM_POLL_S = 1.0  # how often the live inbox looks for new alerts
+STREAM_KEEPALIVE_S = 15.0
+STATIC_FILES = {"web.js": "text/javascript", "web.css": "text/css"}
+
+
+def _pager(request: Request, page: int, total: int) -> dict[str, Any]:
+    """Links to the previous and next page, keeping the other query parameters."""
+    pages = max(1, -(-total // PAGE_SIZE))
+
+    def at(number: int) -> str:
+        query = [(k, v) for k, v in request.query_params.multi_items() if k != "page"]
+        query.append(("page", str(number)))
+        return f"{request.url.path}?{urlencode(query)}"
+
+    return {
+        "page": page,
+        "pages": pages,
+        "prev": at(page - 1) if page > 1 else None,
+        "next": at(page + 1) if page < pages else None,
+    }
 
 
 def _safe_next(target: str | None) -> str:
@@ -43,18 +121,283 @@ def _with_lang(path: str, lang: Lang) -> str:
     return f"{path}{'&' if '?' in path else '?'}lang={lang}"
 
 
-def page_user(request: Request, session: SessionDep, settings: SettingsDep) -> User | None:
-    """The logged-in user from the cookie, or None (the page then redirects to the login)."""
-    token = request.cookies.get(COOKIE_NAME)
-    if not token:
-        return None
-    try:
-        return user_from_token(session, settings, token)
-    except InvalidTokenError:
-        return None
+# The logged-in user (role and compounds, as the API sees them), or None: the page then
+# redirects to the login. Every list below is filtered to the user's compounds exactly as the
+# JSON API filters it (fleet/api/alerts.py, fleet/api/gateways.py).
+PageUser = Annotated[Principal | None, Depends(web_user)]
+
+# Inbox filters: query parameter = Alert column, compared for equality.
+ALERT_FILTERS = ("kind", "category", "severity", "status", "state")
+
+# Who creates gateway entries and enrollment codes: as POST /api/provisioning/gateways.
+INSTALL_ROLES = frozenset({Role.ADMIN, Role.INSTALLER})
+
+# Who sees gateway health: as GET /api/gateways (officers work with alerts only).
+GATEWAY_ROLES = frozenset({Role.ADMIN, Role.INSTALLER, Role.PROPERTY})
 
 
-PageUser = Annotated[User | None, Depends(page_user)]
+def fleet_health(
+    session: Session,
+    user: Principal,
+    *,
+    online: bool | None,
+    limit: int,
+    offset: int,
+) -> tuple[list[tuple[Gateway, str | None, str | None]], int]:
+    """A page of the user's gateways with compound and building names, offline first."""
+    stmt = scope_filter(
+        sa.select(Gateway, Compound.name, Building.name)
+        .outerjoin(Entrance, Entrance.id == Gateway.entrance_id)
+        .outerjoin(Building, Building.id == Entrance.building_id)
+        .outerjoin(Compound, Compound.id == Building.compound_id),
+        user,
+        Building.compound_id,
+    )
+    if online is not None:
+        stmt = stmt.where(Gateway.online.is_(online))
+    total = session.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0
+    rows = session.execute(
+        stmt.order_by(Gateway.online, Gateway.gateway_id).limit(limit).offset(offset)
+    ).all()
+    return [(row[0], row[1], row[2]) for row in rows], total
+
+
+def scoped_entrances(session: Session, user: Principal) -> list[dict[str, Any]]:
+    """The entrances of the user's compounds, for the installer's "new gateway" form."""
+    stmt = scope_filter(
+        sa.select(Entrance.id, Compound.name, Building.name, Entrance.name)
+        .join(Building, Building.id == Entrance.building_id)
+        .join(Compound, Compound.id == Building.compound_id),
+        user,
+        Building.compound_id,
+    ).order_by(Compound.name, Building.name, Entrance.name)
+    return [
+        {"id": row[0], "label": f"{row[1]} {row[2]} {row[3]}"}
+        for row in session.execute(stmt.limit(2000))
+    ]
+
+
+def enroll_uri(base_url: str, code: str) -> str:
+    """What the QR code holds: the same URI as the API's QR (fleet/api/provisioning.py)."""
+    return f"{base_url}/api/enroll?code={code}"
+
+
+def alert_row(alert: Alert, lang: Lang, zone: ZoneInfo) -> dict[str, Any]:
+    """What the live inbox needs to draw one row (sent as JSON over server-sent events)."""
+    return {
+        "alert_id": alert.alert_id,
+        "href": _with_lang(f"/alerts/{alert.alert_id}", lang),
+        "title": kind_title(AlertKind(alert.kind), lang),
+        "severity": alert.severity,
+        "severity_label": SEVERITY_LABELS.get(alert.severity, {}).get(lang, alert.severity),
+        "place": alert.unit_id or alert.building or "-",
+        "raised_at": alert.raised_at.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S"),
+        "status": STATUS_LABELS.get(alert.status, {}).get(lang, alert.status),
+    }
+
+
+def scoped_alerts(
+    session: Session,
+    user: Principal,
+    *,
+    limit: int,
+    offset: int = 0,
+    filters: dict[str, str] | None = None,
+) -> tuple[list[Alert], int]:
+    """The user's alerts newest first, and how many there are in total."""
+    stmt = scope_filter(sa.select(Alert), user, alert_compound())
+    for name, value in (filters or {}).items():
+        if name in ALERT_FILTERS and value:
+            stmt = stmt.where(getattr(Alert, name) == value)
+    total = session.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0
+    rows = session.scalars(
+        stmt.order_by(Alert.raised_at.desc(), Alert.alert_id).limit(limit).offset(offset)
+    ).all()
+    return list(rows), total
+
+
+# -- CSRF: page actions are form POSTs carrying a token bound to the login cookie ------------
+
+
+def csrf_token(settings: Settings, cookie: str) -> str:
+    """HMAC of the login cookie: a page of this site can echo it, another site cannot read it."""
+    return hmac.new(settings.signing_key, b"csrf:" + cookie.encode(), hashlib.sha256).hexdigest()
+
+
+def csrf_ok(settings: Settings, request: Request, token: str) -> bool:
+    cookie = request.cookies.get(COOKIE_NAME) or ""
+    return bool(cookie) and hmac.compare_digest(csrf_token(settings, cookie), token)
+
+
+# -- charts: inline SVG drawn on the server (no library, works without script) --------------
+
+CHART_W, CHART_H, CHART_PAD = 640, 220, 40
+CHART_BEFORE = timedelta(hours=2)
+CHART_AFTER = timedelta(hours=3)
+SWIPE_DAYS = 14
+
+
+def _scale(value: float, low: float, high: float, out_low: float, out_high: float) -> float:
+    if high <= low:
+        return (out_low + out_high) / 2
+    return out_low + (value - low) * (out_high - out_low) / (high - low)
+
+
+def power_chart(session: Session, alert: Alert, zone: ZoneInfo) -> dict[str, Any] | None:
+    """The flat's power around the episode, with the episode (plateau, then taper) shaded."""
+    start = alert.raised_at - CHART_BEFORE
+    end = (alert.cleared_at or alert.raised_at) + CHART_AFTER
+    stmt = sa.select(MeterReading.ts, MeterReading.power_w).where(
+        MeterReading.ts >= start, MeterReading.ts <= end
+    )
+    if alert.meter_id:
+        stmt = stmt.where(MeterReading.meter_id == alert.meter_id)
+    elif alert.unit_id:
+        stmt = stmt.where(
+            MeterReading.unit_id == alert.unit_id, MeterReading.gateway_id == alert.gateway_id
+        )
+    else:
+        return None
+    rows = session.execute(stmt.order_by(MeterReading.ts).limit(2000)).all()
+    if len(rows) < 2:
+        return None
+
+    def aware(value: datetime) -> datetime:
+        return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+    t0, t1 = aware(rows[0][0]).timestamp(), aware(rows[-1][0]).timestamp()
+    top = max(float(r[1]) for r in rows) * 1.1 or 1.0
+    left, right = CHART_PAD, CHART_W - 10
+    bottom, upper = CHART_H - 30, 10
+
+    def x(at: datetime) -> float:
+        return round(_scale(aware(at).timestamp(), t0, t1, left, right), 1)
+
+    def y(watts: float) -> float:
+        return round(_scale(watts, 0, top, bottom, upper), 1)
+
+    points = " ".join(f"{x(ts)},{y(float(w))}" for ts, w in rows)
+    evidence = alert.evidence or {}
+    plateau = float(evidence.get("plateau_minutes") or 0)
+    taper = float(evidence.get("taper_minutes") or 0)
+    raised = aware(alert.raised_at)
+    bands = []
+    if plateau:
+        bands.append(("plateau", raised, raised + timedelta(minutes=plateau)))
+        if taper:
+            end_plateau = raised + timedelta(minutes=plateau)
+            bands.append(("taper", end_plateau, end_plateau + timedelta(minutes=taper)))
+    elif alert.cleared_at is not None:
+        bands.append(("episode", raised, aware(alert.cleared_at)))
+    drawn = [
+        {
+            "name": name,
+            "x": max(x(a), left),
+            "w": max(min(x(b), right) - max(x(a), left), 1),
+        }
+        for name, a, b in bands
+        if aware(a).timestamp() < t1
+    ]
+    ticks = [
+        {
+            "x": x(rows[i][0]),
+            "anchor": anchor,
+            "label": aware(rows[i][0]).astimezone(zone).strftime("%H:%M"),
+        }
+        for i, anchor in ((0, "start"), (len(rows) // 2, "middle"), (len(rows) - 1, "end"))
+    ]
+    return {
+        "w": CHART_W,
+        "h": CHART_H,
+        "left": left,
+        "right": right,
+        "bottom": bottom,
+        "upper": upper,
+        "points": points,
+        "bands": drawn,
+        "raised_x": x(raised) if t0 <= raised.timestamp() <= t1 else None,
+        "ticks": ticks,
+        "top_label": f"{top:.0f} W",
+        "count": len(rows),
+        "peak": max(float(r[1]) for r in rows),
+    }
+
+
+def swipe_chart(session: Session, alert: Alert) -> dict[str, Any] | None:
+    """Swipes and distinct cards per day at the flat over two weeks, against the limit."""
+    if not alert.unit_id:
+        return None
+    end = alert.raised_at
+    start = end - timedelta(days=SWIPE_DAYS)
+    day = sa.func.date(CardSwipe.event_ts)
+    rows = session.execute(
+        sa.select(day, sa.func.count(), sa.func.count(sa.distinct(CardSwipe.card)))
+        .where(
+            CardSwipe.unit_id == alert.unit_id,
+            CardSwipe.gateway_id == alert.gateway_id,
+            CardSwipe.event_ts > start,
+            CardSwipe.event_ts <= end,
+        )
+        .group_by(day)
+        .order_by(day)
+    ).all()
+    if not rows:
+        return None
+    limit = (alert.evidence or {}).get("swipes_per_day_limit")
+    top = max([float(r[1]) for r in rows] + [float(limit or 0)]) * 1.1 or 1.0
+    left, bottom, upper = CHART_PAD, CHART_H - 30, 10
+    slot = (CHART_W - 10 - left) / len(rows)
+    bars: list[dict[str, Any]] = [
+        {
+            "x": round(left + i * slot + slot * 0.15, 1),
+            "w": round(slot * 0.7, 1),
+            "y": round(_scale(float(count), 0, top, bottom, upper), 1),
+            "cards_y": round(_scale(float(cards), 0, top, bottom, upper), 1),
+            "label": str(d)[5:],
+            "count": int(count),
+            "cards": int(cards),
+        }
+        for i, (d, count, cards) in enumerate(rows)
+    ]
+    for bar in bars:
+        bar["h"] = round(bottom - float(bar["y"]), 1)
+    return {
+        "w": CHART_W,
+        "h": CHART_H,
+        "left": left,
+        "bottom": bottom,
+        "bars": bars,
+        "limit_y": round(_scale(float(limit), 0, top, bottom, upper), 1) if limit else None,
+        "limit": limit,
+    }
+
+
+# Who may take lifecycle steps (fleet.lifecycle.ACTOR_ROLES); others see the timeline only.
+ACTION_ROLES = frozenset({"officer", "admin"})
+ACTION_ERRORS = ("wrong_state", "bad_input")
+COMMENT_REQUIRED_VALUES = frozenset(a.value for a in COMMENT_REQUIRED)
+
+
+def _local_time(value: str | None, zone: ZoneInfo) -> datetime | None:
+    """A ``datetime-local`` form value (the office's wall clock) as an aware time."""
+    if not value:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=zone)
+
+
+def _back_with(page: str, error: str) -> RedirectResponse:
+    return RedirectResponse(
+        f"{page}{'&' if '?' in page else '?'}error={error}", status.HTTP_303_SEE_OTHER
+    )
+
+
+def _other_lang_link(request: Request, lang: Lang) -> str:
+    """This page (same filters and page) in the other language."""
+    query = [(k, v) for k, v in request.query_params.multi_items() if k != "lang"]
+    if lang == "zh":
+        query.append(("lang", "en"))
+    return request.url.path + (f"?{urlencode(query)}" if query else "")
 
 
 def make_templates(settings: Settings) -> Jinja2Templates:
@@ -65,7 +408,14 @@ def make_templates(settings: Settings) -> Jinja2Templates:
         return value.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
     templates.env.filters["localtime"] = localtime
+    templates.env.globals["static_version"] = _static_version()
     return templates
+
+
+def _static_version() -> str:
+    """Cache-busting suffix for /static URLs: the newest mtime of the files there."""
+    stamps = [int(f.stat().st_mtime) for f in STATIC_DIR.iterdir() if f.is_file()]
+    return str(max(stamps, default=0))
 
 
 def make_router(settings: Settings) -> APIRouter:
@@ -88,7 +438,14 @@ def make_router(settings: Settings) -> APIRouter:
             "state_label": lambda value: STATE_LABELS.get(value, {}).get(lang, value),
             "reason": lambda value: LABELS[value][lang] if value in LABELS else value,
             "link": lambda path: _with_lang(path, lang),
-            "other_lang_link": request.url.path + ("" if lang == "en" else "?lang=en"),
+            "other_lang_link": _other_lang_link(request, lang),
+            "status_label": lambda value: STATUS_LABELS.get(value, {}).get(lang, value),
+            "gateway_roles": GATEWAY_ROLES,
+            "install_roles": INSTALL_ROLES,
+            "event_label": lambda value: EVENT_LABELS.get(value, {}).get(lang, value),
+            "evidence_label": lambda value: EVIDENCE_LABELS.get(value, {}).get(lang, value),
+            "comment_required": COMMENT_REQUIRED_VALUES,
+            "path": request.url.path,
         }
         return templates.TemplateResponse(
             request, name, {**base, **context}, status_code=status_code
@@ -163,14 +520,362 @@ def make_router(settings: Settings) -> APIRouter:
                     g, now=now, offline_after_s=settings.gateway_offline_after_s
                 ),
             }
-            for g in list_gateways(session)
+            for g, _, _ in (
+                fleet_health(session, user, online=None, limit=RECENT_ALERTS, offset=0)[0]
+                if user.role in GATEWAY_ROLES
+                else []
+            )
         ]
-        alerts, total = list_alerts(session, limit=RECENT_ALERTS)
+        alerts, total = scoped_alerts(session, user, limit=RECENT_ALERTS)
         return render(
             request,
             "index.html",
             chosen,
-            {"user": user, "gateways": gateways, "alerts": alerts, "alerts_total": total},
+            {
+                "user": user,
+                "show_gateways": user.role in GATEWAY_ROLES,
+                "gateways": gateways,
+                "alerts": alerts,
+                "alerts_total": total,
+            },
+        )
+
+    @router.get("/static/{name}")
+    def static_file(name: str) -> Response:
+        """The pages' own script and style (no CDN: compounds often have no internet)."""
+        path = STATIC_DIR / name
+        if name not in STATIC_FILES or not path.is_file():
+            return Response(status_code=status.HTTP_404_NOT_FOUND)
+        return FileResponse(
+            path, media_type=STATIC_FILES[name], headers={"Cache-Control": "max-age=3600"}
+        )
+
+    @router.get("/alerts")
+    def inbox(
+        request: Request,
+        session: SessionDep,
+        *,
+        user: PageUser,
+        lang: str | None = None,
+        page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+        kind: Annotated[str | None, Query(max_length=32)] = None,
+        category: Annotated[str | None, Query(max_length=16)] = None,
+        severity: Annotated[str | None, Query(max_length=16)] = None,
+        status_: Annotated[str | None, Query(alias="status", max_length=16)] = None,
+    ) -> Response:
+        """The alert inbox: filters, server-side pages, and new alerts arriving live."""
+        chosen = pick_lang(lang)
+        if user is None:
+            return to_login(request, chosen)
+        filters = {
+            "kind": kind or "",
+            "category": category or "",
+            "severity": severity or "",
+            "status": status_ or "",
+        }
+        alerts, total = scoped_alerts(
+            session, user, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE, filters=filters
+        )
+        newest = session.scalar(
+            scope_filter(sa.select(sa.func.max(Alert.first_received_at)), user, alert_compound())
+        )
+        return render(
+            request,
+            "inbox.html",
+            chosen,
+            {
+                "user": user,
+                "alerts": alerts,
+                "total": total,
+                "filters": filters,
+                "kinds": [k.value for k in AlertKind],
+                "categories": [c.value for c in Category],
+                "severities": list(SEVERITY_LABELS),
+                "statuses": list(STATUS_LABELS),
+                "pager": _pager(request, page, total),
+                # Live arrivals only on the unfiltered first page: a new alert belongs on top.
+                "live": page == 1 and not any(filters.values()),
+                "since": newest.isoformat() if newest else "",
+            },
+        )
+
+    @router.get("/alerts/stream")
+    async def alert_stream(
+        request: Request,
+        runtime: RuntimeDep,
+        *,
+        lang: str | None = None,
+        since: Annotated[str | None, Query(max_length=64)] = None,
+    ) -> Response:
+        """Server-sent events: each alert of the user's compounds that arrives after ``since``
+        (the newest arrival the page showed), as an ``alert`` event with the row as JSON.
+
+        No session dependency here: it would stay open (on SQLite: holding the write lock) for
+        as long as the stream runs. Each poll takes a short session of its own."""
+
+        def who() -> Principal | None:
+            with runtime.sessions() as session:
+                return web_user(request, session, runtime.settings)
+
+        user = await asyncio.to_thread(who)
+        if user is None:
+            return Response(status_code=status.HTTP_401_UNAUTHORIZED)
+        chosen = pick_lang(lang)
+        zone = ZoneInfo(settings.display_timezone)
+        try:
+            cursor = datetime.fromisoformat(since) if since else utcnow()
+        except ValueError:
+            cursor = utcnow()
+        if cursor.tzinfo is None:
+            cursor = cursor.replace(tzinfo=UTC)
+        seen: set[str] = set()
+
+        def fresh(after: datetime) -> list[dict[str, Any]]:
+            with runtime.sessions() as session:
+                rows = session.scalars(
+                    scope_filter(sa.select(Alert), user, alert_compound())
+                    .where(Alert.first_received_at >= after)
+                    .order_by(Alert.first_received_at, Alert.alert_id)
+                    .limit(PAGE_SIZE)
+                ).all()
+                return [{**alert_row(a, chosen, zone), "_at": a.first_received_at} for a in rows]
+
+        async def events() -> AsyncIterator[str]:
+            nonlocal cursor
+            idle = 0.0
+            yield "retry: 3000\n\n"
+            while not await request.is_disconnected():
+                for row in await asyncio.to_thread(fresh, cursor):
+                    at = row.pop("_at")
+                    cursor = max(cursor, at if at.tzinfo else at.replace(tzinfo=UTC))
+                    if row["alert_id"] in seen:
+                        continue
+                    seen.add(row["alert_id"])
+                    idle = 0.0
+                    yield f"event: alert\ndata: {json.dumps(row, ensure_ascii=False)}\n\n"
+                await asyncio.sleep(STREAM_POLL_S)
+                idle += STREAM_POLL_S
+                if idle >= STREAM_KEEPALIVE_S:
+                    idle = 0.0
+                    yield ": keepalive\n\n"
+
+        return StreamingResponse(
+            events(),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        )
+
+    @router.get("/fleet")
+    def fleet_page(
+        request: Request,
+        session: SessionDep,
+        settings: SettingsDep,
+        *,
+        user: PageUser,
+        lang: str | None = None,
+        page: Annotated[int, Query(ge=1, le=100_000)] = 1,
+        online: Annotated[str | None, Query(max_length=8)] = None,
+    ) -> Response:
+        """Fleet health for property companies and installers: offline gateways first."""
+        chosen = pick_lang(lang)
+        if user is None:
+            return to_login(request, chosen)
+        if user.role not in GATEWAY_ROLES:
+            return render(
+                request,
+                "forbidden.html",
+                chosen,
+                {"user": user},
+                status_code=status.HTTP_403_FORBIDDEN,
+            )
+        wanted = {"yes": True, "no": False}.get(online or "")
+        rows, total = fleet_health(
+            session, user, online=wanted, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
+        )
+        now = utcnow()
+        gateways = [
+            {
+                "row": gateway,
+                "compound": compound,
+                "building": building,
+                "online": gateway_online(
+                    gateway, now=now, offline_after_s=settings.gateway_offline_after_s
+                ),
+                # The heartbeat's outbox depth, once ingest stores it (None: not reported).
+                "backlog": getattr(gateway, "outbox_depth", None),
+            }
+            for gateway, compound, building in rows
+        ]
+        offline = session.scalar(
+            sa.select(sa.func.count()).select_from(
+                scope_filter(
+                    sa.select(Gateway.gateway_id)
+                    .outerjoin(Entrance, Entrance.id == Gateway.entrance_id)
+                    .outerjoin(Building, Building.id == Entrance.building_id)
+                    .where(Gateway.online.is_(False)),
+                    user,
+                    Building.compound_id,
+                ).subquery()
+            )
+        )
+        return render(
+            request,
+            "fleet.html",
+            chosen,
+            {
+                "user": user,
+                "gateways": gateways,
+                "total": total,
+                "offline_total": offline or 0,
+                "online_filter": online or "",
+                "pager": _pager(request, page, total),
+            },
+        )
+
+    def provisioner_of(request: Request) -> Provisioner | None:
+        provisioner = getattr(request.app.state, "provisioning", None)
+        return provisioner if isinstance(provisioner, Provisioner) else None
+
+    @router.get("/install")
+    def install_page(
+        request: Request,
+        session: SessionDep,
+        *,
+        user: PageUser,
+        lang: str | None = None,
+    ) -> Response:
+        """The installer's page (phone-sized): pick the entrance, get the enrollment code."""
+        chosen = pick_lang(lang)
+        if user is None:
+            return to_login(request, chosen)
+        if user.role not in INSTALL_ROLES:
+            return render(
+                request, "forbidden.html", chosen, {"user": user}, status.HTTP_403_FORBIDDEN
+            )
+        return render(
+            request,
+            "install.html",
+            chosen,
+            {
+                "user": user,
+                "entrances": scoped_entrances(session, user),
+                "csrf": csrf_token(settings, request.cookies.get(COOKIE_NAME) or ""),
+            },
+        )
+
+    @router.post("/install/gateways")
+    def install_gateway(
+        request: Request,
+        session: SessionDep,
+        *,
+        user: PageUser,
+        csrf: Annotated[str, Form(max_length=128)],
+        entrance_id: Annotated[int, Form(ge=1, le=2**62)],
+        lang: Annotated[str, Form(max_length=8)] = "zh",
+    ) -> Response:
+        """Create the gateway entry and show its one-time code (shown once: only its hash is
+        stored), as text and as a QR code."""
+        chosen = pick_lang(lang)
+        if user is None:
+            return to_login(request, chosen)
+        if not csrf_ok(settings, request, csrf):
+            return Response("CSRF token missing or wrong", status.HTTP_403_FORBIDDEN)
+        if user.role not in INSTALL_ROLES:
+            return render(
+                request, "forbidden.html", chosen, {"user": user}, status.HTTP_403_FORBIDDEN
+            )
+        provisioner = provisioner_of(request)
+        if provisioner is None:
+            return Response(status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
+        compound_id = (
+            compound_of_entrance(session, entrance_id)
+            if session.get(Entrance, entrance_id) is not None
+            else None
+        )
+        if compound_id is None or not user.sees(compound_id):
+            return render(
+                request, "forbidden.html", chosen, {"user": user}, status.HTTP_403_FORBIDDEN
+            )
+        try:
+            issued = provisioner.create_gateway(
+                session,
+                user.actor,
+                entrance_id=entrance_id,
+                compound_id=compound_id,
+                gateway_id=None,
+            )
+            session.commit()
+        except (ProvisioningError, sa.exc.IntegrityError):
+            session.rollback()
+            return _back_with(_with_lang("/install", chosen), "bad_input")
+        response = render(
+            request,
+            "enroll.html",
+            chosen,
+            {
+                "user": user,
+                "gateway_id": issued.gateway_id,
+                "code": issued.code,
+                "expires_at": issued.expires_at,
+                "qr": f"/install/qr.png?{urlencode({'code': issued.code})}",
+                "server": settings.base_url,
+            },
+        )
+        response.headers["Cache-Control"] = "no-store"
+        return response
+
+    @router.get("/install/qr.png")
+    def install_qr(
+        *,
+        user: PageUser,
+        code: Annotated[str, Query(min_length=16, max_length=32)],
+    ) -> Response:
+        """The enrollment URI as a QR code, for the page (the cookie, not a bearer token)."""
+        if user is None:
+            return Response(status_code=status.HTTP_401_UNAUTHORIZED)
+        if user.role not in INSTALL_ROLES:
+            return Response(status_code=status.HTTP_403_FORBIDDEN)
+        normalized = normalize_code(code)
+        if normalized is None:
+            return Response(status_code=status.HTTP_422_UNPROCESSABLE_CONTENT)
+        out = io.BytesIO()
+        segno.make(enroll_uri(settings.base_url, display_code(normalized)), error="m").save(
+            out, kind="png", scale=8, border=4
+        )
+        return Response(
+            out.getvalue(), media_type="image/png", headers={"Cache-Control": "no-store"}
+        )
+
+    @router.get("/install/gateways/{gateway_id}/status")
+    def install_status(
+        session: SessionDep,
+        *,
+        user: PageUser,
+        gateway_id: Annotated[str, Path_(max_length=64)],
+    ) -> Response:
+        """Whether the new gateway has come online yet (polled by the enrollment page)."""
+        if user is None:
+            return Response(status_code=status.HTTP_401_UNAUTHORIZED)
+        gateway = session.get(Gateway, gateway_id)
+        if (
+            gateway is None
+            or user.role not in GATEWAY_ROLES
+            or not user.sees(compound_of_gateway(session, gateway_id))
+        ):
+            return Response(status_code=status.HTTP_404_NOT_FOUND)
+        online = gateway_online(
+            gateway, now=utcnow(), offline_after_s=settings.gateway_offline_after_s
+        )
+        zone = ZoneInfo(settings.display_timezone)
+        body = {
+            "online": online,
+            "last_seen": gateway.last_seen.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S")
+            if gateway.last_seen
+            else None,
+            "agent_version": gateway.agent_version,
+        }
+        return Response(
+            json.dumps(body), media_type="application/json", headers={"Cache-Control": "no-store"}
         )
 
     @router.get("/alerts/{alert_id}")
@@ -181,20 +886,30 @@ def make_router(settings: Settings) -> APIRouter:
         user: PageUser,
         alert_id: str,
         lang: str | None = None,
+        error: Annotated[str | None, Query(max_length=32)] = None,
     ) -> Response:
         chosen = pick_lang(lang)
         if user is None:
             return to_login(request, chosen)
         alert = get_alert(session, alert_id)
-        if alert is None:
+        if alert is None or not user.sees(compound_of_alert(session, alert)):
+            # Another compound's alert is 403, as in the API, and the page shows nothing of it.
             return render(
                 request,
                 "alert.html",
                 chosen,
-                {"user": user, "alert": None},
-                status_code=status.HTTP_404_NOT_FOUND,
+                {"user": user, "alert": None, "forbidden": alert is not None},
+                status_code=(
+                    status.HTTP_404_NOT_FOUND if alert is None else status.HTTP_403_FORBIDDEN
+                ),
             )
         deliveries = alert_deliveries(session, alert_id)
+        zone = ZoneInfo(settings.display_timezone)
+        actions = (
+            [a.value for a, (sources, _) in TRANSITIONS.items() if alert.status in sources]
+            if user.role.value in ACTION_ROLES
+            else []
+        )
         return render(
             request,
             "alert.html",
@@ -204,7 +919,86 @@ def make_router(settings: Settings) -> APIRouter:
                 "alert": alert,
                 "deliveries": len(deliveries),
                 "delivered": sum(1 for d in deliveries if d.status == "delivered"),
+                "power": power_chart(session, alert, zone),
+                "swipes": swipe_chart(session, alert),
+                "timeline": timeline(session, [alert.alert_id]),
+                "actions": actions,
+                "csrf": csrf_token(settings, request.cookies.get(COOKIE_NAME) or ""),
+                "error": error if error in ACTION_ERRORS else None,
+                "default_due": (utcnow() + timedelta(hours=settings.dispatch_due_hours))
+                .astimezone(zone)
+                .strftime("%Y-%m-%dT%H:%M"),
+                "categories": [c.value for c in Category],
             },
         )
+
+    @router.post("/alerts/{alert_id}/actions/{action}")
+    def alert_action(
+        request: Request,
+        session: SessionDep,
+        runtime: RuntimeDep,
+        *,
+        user: PageUser,
+        alert_id: str,
+        action: Action,
+        csrf: Annotated[str, Form(max_length=128)],
+        lang: Annotated[str, Form(max_length=8)] = "zh",
+        comment: Annotated[str | None, Form(max_length=2000)] = None,
+        assignee: Annotated[str | None, Form(max_length=64)] = None,
+        due_at: Annotated[str | None, Form(max_length=32)] = None,
+        deadline_at: Annotated[str | None, Form(max_length=32)] = None,
+        category: Annotated[str | None, Form(max_length=16)] = None,
+    ) -> Response:
+        """A lifecycle step from the alert page: the same service function as
+        POST /api/alerts/{id}/actions/{action}, behind the cookie plus a CSRF token."""
+        chosen = pick_lang(lang)
+        if user is None:
+            return to_login(request, chosen)
+        if not csrf_ok(settings, request, csrf):
+            return Response("CSRF token missing or wrong", status.HTTP_403_FORBIDDEN)
+        zone = ZoneInfo(settings.display_timezone)
+        page = _with_lang(f"/alerts/{alert_id}", chosen)
+        try:
+            step = StepInput(
+                comment=comment,
+                assignee=assignee,
+                due_at=_local_time(due_at, zone),
+                deadline_at=_local_time(deadline_at, zone),
+                category=category or None,
+            )
+        except ValueError:
+            return _back_with(page, "bad_input")
+        try:
+            alert = load_for_step(session, alert_id, user.compound_ids, lock=True)
+            transition(
+                session,
+                alert,
+                action,
+                Person(name=user.username, id=user.id, role=user.role.value, via="web"),
+                step,
+                now=utcnow(),
+                defaults=Defaults(
+                    dispatch_due=timedelta(hours=settings.dispatch_due_hours),
+                    rectify=timedelta(days=settings.rectify_days),
+                    recheck=timedelta(days=settings.recheck_days),
+                ),
+                photo_max_bytes=settings.photo_max_bytes,
+                tz=settings.display_timezone,
+            )
+            session.commit()
+        except NotFoundError:
+            session.rollback()
+            return Response(status_code=status.HTTP_404_NOT_FOUND)
+        except NotAllowedError:
+            session.rollback()
+            return Response(status_code=status.HTTP_403_FORBIDDEN)
+        except WrongStateError:
+            session.rollback()
+            return _back_with(page, "wrong_state")
+        except LifecycleError:
+            session.rollback()
+            return _back_with(page, "bad_input")
+        runtime.forward_wake.set()
+        return RedirectResponse(page, status.HTTP_303_SEE_OTHER)
 
     return router

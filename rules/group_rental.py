@@ -50,7 +50,9 @@ Families
     When the flat's ``registered_occupants`` is known and the estimate does not exceed it by
     more than ``family_margin`` (0), the occupancy is the registered household's: families are
     exempt from the density limits however large, and the flat is not flagged whatever its
-    usage (``explained_by_registration`` in the evidence).
+    usage (``explained_by_registration`` in the evidence) -- unless ``hidden_tenants`` holds
+    with a load at least ``explained_load_ratio`` (3) times that of similar flats: three
+    times the energy and the evening spread is what three households make, not one family.
 
 Unregistered cards
     A card not in ``site.cards`` used on at least ``unregistered_min_days`` (3) days at a
@@ -86,7 +88,8 @@ Evidence
     ``building_norm_swipes_per_day`` (median), ``building_mad_swipes_per_day``,
     ``card_norm_swipes_per_day`` (median swipes of one card on a day it is used),
     ``shared_cards``, ``unregistered_cards`` (building), ``evening_peak_w``, ``valley_w``,
-    ``daily_kwh``, ``daily_kwh_peer_median``, ``evening_spread_peer_median_w``, ``signals``
+    ``daily_kwh``, ``daily_kwh_peer_median``, ``load_vs_peers`` (the smaller of the two load
+    ratios against similar flats), ``evening_spread_peer_median_w``, ``signals``
     (comma-separated names), ``signal_count``, ``window_days``, ``evaluated_at`` (ISO) and
     ``ended_by``. Figures that cannot be computed (no meter, unknown rooms) are None.
 
@@ -677,6 +680,8 @@ class GroupRentalRule:
             or load >= cfg.strong_load_ratio
             or (norm > 0 and x >= cfg.strong_swipes_ratio * norm and SIG_SWIPES in signals)
         )
+        if explained and hidden and load >= cfg.explained_load_ratio:
+            explained = False  # the registered household does not explain this load
         flagged = not explained and strong and len(signals) >= cfg.min_signals
         evidence: dict[str, EvidenceValue] = {
             "estimated_occupants": est,
@@ -698,6 +703,9 @@ class GroupRentalRule:
             "valley_w": r1(fig.valley) if fig.valley is not None else None,
             "daily_kwh": r2(fig.daily_kwh) if fig.daily_kwh is not None else None,
             "daily_kwh_peer_median": r2(norms.kwh) if norms.kwh is not None else None,
+            "load_vs_peers": r2(load)
+            if kwh_ratio is not None and spread_ratio is not None
+            else None,
             "evening_spread_peer_median_w": r1(norms.spread) if norms.spread is not None else None,
             "signals": ",".join(signals),
             "signal_count": len(signals),

@@ -20,6 +20,7 @@ import anyio.from_thread
 import sqlalchemy as sa
 from fastapi import (
     APIRouter,
+    Body,
     Depends,
     File,
     Form,
@@ -32,6 +33,7 @@ from fastapi import (
 from pydantic import BaseModel, Field, field_validator
 from sqlalchemy.orm import Session
 
+from contract.alerts import AlertKind
 from fleet.api.deps import (
     CurrentUser,
     Principal,
@@ -41,6 +43,7 @@ from fleet.api.deps import (
     ensure_compound,
     require,
 )
+from fleet.api.types import IdPath, IdQuery, Limit, Name, Offset, RefId, TextPath
 from fleet.channels import ChannelKind, redact_url
 from fleet.db import utcnow
 from fleet.lifecycle import (
@@ -50,6 +53,7 @@ from fleet.lifecycle import (
     NotAllowedError,
     Person,
     Photo,
+    Status,
     StepInput,
     WrongStateError,
     add_comment,
@@ -68,6 +72,7 @@ from fleet.models import (
     ForwardDelivery,
     Notification,
     Role,
+    StreetOffice,
     Sublandlord,
     SublandlordFlat,
 )
@@ -77,6 +82,9 @@ from fleet.settings import Settings
 from fleet.sites import compound_of_gateway
 
 router = APIRouter(tags=["cases"])
+
+_LINE = r"^[^\x00-\x1f\x7f]*$"  # one line of printable text (PostgreSQL refuses NUL)
+_TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"  # printable, newlines and tabs allowed
 
 OfficerUser = Annotated[Principal, Depends(require(Role.OFFICER, Role.ADMIN))]
 
@@ -270,8 +278,105 @@ def case_detail(session: Session, alert: Alert) -> CaseDetail:
 # -- lifecycle -------------------------------------------------------------------------------
 
 
+class CasesPublic(BaseModel):
+    items: list[CasePublic]
+    total: int
+
+
+@router.get("/cases")
+def list_cases(
+    session: SessionDep,
+    user: CurrentUser,
+    *,
+    status_in: Annotated[list[Status] | None, Query(alias="status", max_length=7)] = None,
+    kind: AlertKind | None = None,
+    compound_id: IdQuery = None,
+    assignee: Annotated[str | None, Query(max_length=64, pattern=_LINE)] = None,
+    recurring: bool | None = None,
+    overdue: bool = False,
+    limit: Limit = 50,
+    offset: Offset = 0,
+) -> CasesPublic:
+    """The work list: cases in the caller's compounds, oldest unfinished first. ``overdue``:
+    dispatched past the due time or rectifying past the deadline."""
+    stmt = sa.select(Alert)
+    if user.compound_ids is not None:
+        stmt = stmt.where(Alert.compound_id.in_(sorted(user.compound_ids)))
+    if status_in:
+        stmt = stmt.where(Alert.status.in_([s.value for s in status_in]))
+    if kind is not None:
+        stmt = stmt.where(Alert.kind == kind.value)
+    if compound_id is not None:
+        stmt = stmt.where(Alert.compound_id == compound_id)
+    if assignee is not None:
+        stmt = stmt.where(Alert.assignee == assignee)
+    if recurring is not None:
+        stmt = stmt.where(Alert.recurring.is_(recurring))
+    if overdue:
+        now = utcnow()
+        stmt = stmt.where(
+            sa.or_(
+                sa.and_(Alert.status == Status.DISPATCHED.value, Alert.due_at < now),
+                sa.and_(Alert.status == Status.RECTIFYING.value, Alert.deadline_at < now),
+            )
+        )
+    total = session.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0
+    rows = session.scalars(
+        stmt.order_by(Alert.first_received_at, Alert.alert_id).limit(limit).offset(offset)
+    ).all()
+    return CasesPublic(items=[CasePublic.of(a) for a in rows], total=total)
+
+
+class FlatRisk(BaseModel):
+    flat_id: int
+    unit_id: str
+    building: str
+    compound: str
+    risk: Literal["low", "medium", "high"]
+    reasons: list[str]
+
+
+@router.get("/risk/flats")
+def list_flat_risks(
+    session: SessionDep,
+    user: CurrentUser,
+    *,
+    level: Literal["low", "medium", "high"] | None = None,
+    compound_id: IdQuery = None,
+) -> list[FlatRisk]:
+    """Flats with any case, with their risk level (high first): the three-level list."""
+    stmt = (
+        sa.select(Flat, Building, Compound)
+        .join(Building, Building.id == Flat.building_id)
+        .join(Compound, Compound.id == Building.compound_id)
+        .where(Flat.id.in_(sa.select(Alert.flat_id).where(Alert.flat_id.is_not(None))))
+        .order_by(Flat.id)
+    )
+    if user.compound_ids is not None:
+        stmt = stmt.where(Compound.id.in_(sorted(user.compound_ids)))
+    if compound_id is not None:
+        stmt = stmt.where(Compound.id == compound_id)
+    now = utcnow()
+    out = []
+    for flat, building, compound in session.execute(stmt).all():
+        risk = flat_risk(session, flat.id, now)
+        if level is None or risk.level == level:
+            out.append(
+                FlatRisk(
+                    flat_id=flat.id,
+                    unit_id=flat.unit_id,
+                    building=building.name,
+                    compound=compound.name,
+                    risk=risk.level,
+                    reasons=risk.reasons,
+                )
+            )
+    order = {"high": 0, "medium": 1, "low": 2}
+    return sorted(out, key=lambda r: (order[r.risk], r.flat_id))
+
+
 @router.get("/alerts/{alert_id}/case")
-def read_case(session: SessionDep, user: CurrentUser, alert_id: str) -> CaseDetail:
+def read_case(session: SessionDep, user: CurrentUser, alert_id: TextPath) -> CaseDetail:
     return case_detail(session, _load(session, user, alert_id, lock=False))
 
 
@@ -282,13 +387,13 @@ def take_step(
     settings: SettingsDep,
     runtime: RuntimeDep,
     user: CurrentUser,
-    alert_id: str,
+    alert_id: TextPath,
     action: Action,
-    comment: Annotated[str | None, Form(max_length=2000)] = None,
-    assignee: Annotated[str | None, Form(max_length=64)] = None,
+    comment: Annotated[str | None, Form(max_length=2000, pattern=_TEXT)] = None,
+    assignee: Annotated[str | None, Form(max_length=64, pattern=_LINE)] = None,
     due_at: Annotated[datetime | None, Form()] = None,
     deadline_at: Annotated[datetime | None, Form()] = None,
-    category: Annotated[str | None, Form(max_length=16)] = None,
+    category: Annotated[str | None, Form(max_length=16, pattern=_LINE)] = None,
     photos: Annotated[list[UploadFile] | None, File()] = None,
 ) -> CaseDetail:
     step = StepInput(
@@ -329,8 +434,8 @@ def comment_on_alert(
     session: SessionDep,
     settings: SettingsDep,
     user: CurrentUser,
-    alert_id: str,
-    comment: Annotated[str | None, Form(max_length=2000)] = None,
+    alert_id: TextPath,
+    comment: Annotated[str | None, Form(max_length=2000, pattern=_TEXT)] = None,
     photos: Annotated[list[UploadFile] | None, File()] = None,
 ) -> TimelineEntry:
     step = StepInput(comment=comment, photos=_photos(photos, settings.photo_max_bytes))
@@ -353,7 +458,9 @@ def comment_on_alert(
 
 
 @router.get("/alerts/{alert_id}/photos/{photo_id}")
-def read_photo(session: SessionDep, user: CurrentUser, alert_id: str, photo_id: int) -> Response:
+def read_photo(
+    session: SessionDep, user: CurrentUser, alert_id: TextPath, photo_id: IdPath
+) -> Response:
     _load(session, user, alert_id, lock=False)
     photo = session.get(AlertPhoto, photo_id)
     if photo is None or photo.alert_id != alert_id:
@@ -393,7 +500,7 @@ def _flat(session: Session, user: Principal, flat_id: int) -> tuple[Flat, Buildi
 
 
 @router.get("/flats/{flat_id}/file")
-def read_flat_file(session: SessionDep, user: CurrentUser, flat_id: int) -> FlatFile:
+def read_flat_file(session: SessionDep, user: CurrentUser, flat_id: IdPath) -> FlatFile:
     """一户一档: the flat, its risk level and why, its sublandlords, its cases and their steps."""
     flat, building, compound = _flat(session, user, flat_id)
     alerts = flat_alerts(session, flat_id)
@@ -424,7 +531,9 @@ class RentedIn(BaseModel):
 
 
 @router.put("/flats/{flat_id}/rented")
-def mark_rented(session: SessionDep, user: OfficerUser, flat_id: int, body: RentedIn) -> RentedIn:
+def mark_rented(
+    session: SessionDep, user: OfficerUser, flat_id: IdPath, body: RentedIn
+) -> RentedIn:
     with _tx(session):
         _flat(session, user, flat_id)
         mark = session.get(FlatMark, flat_id)
@@ -441,11 +550,11 @@ def mark_rented(session: SessionDep, user: OfficerUser, flat_id: int, body: Rent
 
 
 class SublandlordIn(BaseModel):
-    name: str = Field(min_length=1, max_length=64)
-    phone: str | None = Field(default=None, max_length=32)
-    notes: str | None = Field(default=None, max_length=500)
-    street_office_id: int | None = None
-    flat_ids: list[int] = Field(default_factory=list)
+    name: Name
+    phone: str | None = Field(default=None, max_length=32, pattern=_LINE)
+    notes: str | None = Field(default=None, max_length=500, pattern=_TEXT)
+    street_office_id: RefId | None = None
+    flat_ids: list[RefId] = Field(default_factory=list, max_length=1000)
 
 
 class SublandlordPublic(BaseModel):
@@ -484,7 +593,7 @@ def _sublandlord_public(session: Session, s: Sublandlord) -> SublandlordPublic:
 
 
 def _link_flats(
-    session: Session, user: Principal, sublandlord_id: int, flat_ids: list[int]
+    session: Session, user: Principal, sublandlord_id: IdPath, flat_ids: list[int]
 ) -> None:
     now = utcnow()
     session.execute(
@@ -500,6 +609,10 @@ def create_sublandlord(
     session: SessionDep, user: OfficerUser, body: SublandlordIn
 ) -> SublandlordPublic:
     with _tx(session):
+        if body.street_office_id is not None:
+            if session.get(StreetOffice, body.street_office_id) is None:
+                raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "No such street office")
+            _may_manage(session, user, body.street_office_id)
         s = Sublandlord(
             name=body.name,
             phone=body.phone,
@@ -516,7 +629,10 @@ def create_sublandlord(
 
 @router.put("/sublandlords/{sublandlord_id}/flats")
 def link_sublandlord_flats(
-    session: SessionDep, user: OfficerUser, sublandlord_id: int, flat_ids: list[int]
+    session: SessionDep,
+    user: OfficerUser,
+    sublandlord_id: IdPath,
+    flat_ids: Annotated[list[RefId], Body(max_length=1000)],
 ) -> SublandlordPublic:
     with _tx(session):
         s = session.get(Sublandlord, sublandlord_id)
@@ -546,15 +662,19 @@ def list_sublandlords(session: SessionDep, user: OfficerUser) -> list[Sublandlor
 
 
 class ChannelIn(BaseModel):
-    name: str = Field(min_length=1, max_length=64)
+    name: Name
     kind: ChannelKind
-    street_office_id: int | None = None
-    url: str | None = Field(default=None, max_length=2048)
-    secret: str | None = Field(default=None, max_length=200)
-    to: list[str] = Field(default_factory=list)
+    street_office_id: RefId | None = None
+    url: str | None = Field(default=None, max_length=2048, pattern=_LINE)
+    secret: str | None = Field(default=None, max_length=200, pattern=_LINE)
+    to: list[Annotated[str, Field(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")]] = Field(
+        default_factory=list, max_length=50
+    )
     quiet_start: str | None = Field(default=None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
     quiet_end: str | None = Field(default=None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
-    events: list[str] | None = None
+    events: list[Annotated[str, Field(pattern=r"^[a-z_]{1,24}$")]] | None = Field(
+        default=None, max_length=32
+    )
     send_reports: bool = False
     enabled: bool = True
 
@@ -624,6 +744,10 @@ def create_channel(session: SessionDep, user: OfficerUser, body: ChannelIn) -> C
     if body.kind != ChannelKind.EMAIL and not body.url:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, f"{body.kind} needs a url")
     with _tx(session):
+        if body.street_office_id is not None and (
+            session.get(StreetOffice, body.street_office_id) is None
+        ):
+            raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, "No such street office")
         _may_manage(session, user, body.street_office_id)
         config: dict[str, Any] = (
             {"to": body.to} if body.kind == ChannelKind.EMAIL else {"url": body.url}
@@ -661,7 +785,7 @@ def list_channels(session: SessionDep, user: OfficerUser) -> list[ChannelPublic]
 
 
 @router.delete("/channels/{channel_id}", status_code=status.HTTP_204_NO_CONTENT)
-def delete_channel(session: SessionDep, user: OfficerUser, channel_id: int) -> None:
+def delete_channel(session: SessionDep, user: OfficerUser, channel_id: IdPath) -> None:
     with _tx(session):
         channel = session.get(ForwardChannel, channel_id)
         if channel is None:
@@ -682,8 +806,8 @@ def read_statistics(
     suffix: Literal["", ".json", ".csv", ".xlsx"],
     start: datetime,
     end: datetime,
-    street_office_id: int | None = None,
-    compound_id: int | None = None,
+    street_office_id: IdQuery = None,
+    compound_id: IdQuery = None,
     table: Annotated[Literal["3", "4", "5"], Query()] = "4",
 ) -> Any:
     """Seed 002's tables 3-5 for [start, end): JSON, CSV (one table) or XLSX (all three)."""

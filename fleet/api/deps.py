@@ -21,6 +21,10 @@ Access control, the interface every route module uses:
 - ``scope_filter(stmt, user, column)`` adds ``WHERE column IN (user's compounds)`` to a select;
   ``gateway_scope_filter(stmt, user, gateway_id_column)`` does the same for rows that carry a
   gateway id (gateway -> entrance -> building -> compound; unmapped gateways: admins only).
+- ``user.actor`` is what :func:`fleet.audit.record` wants for the audit log.
+- Bounded parameter types (ids that fit BIGINT, text without NUL) are in :mod:`fleet.api.types`:
+  use them for path, query and body values, so out-of-range input is a 422, not a database
+  error (the schemathesis test sends such values to every route).
 """
 
 from __future__ import annotations

@@ -12,10 +12,11 @@ from datetime import datetime
 from typing import Annotated, Any
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, HTTPException, Query, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from pydantic import BaseModel, Field
 
 from fleet.api.deps import Principal, SessionDep, ensure_compound, require, scope_filter
+from fleet.api.types import IdQuery, Offset, TextPath
 from fleet.health import device_state
 from fleet.models import Building, DeviceHealth, Entrance, Gateway, Role
 from fleet.sites import compound_of_gateway
@@ -102,30 +103,35 @@ class DevicePublic(BaseModel):
     counters: dict[str, Any]
 
 
-def _with_compound() -> sa.Select[Gateway, int]:
-    return (
-        sa.select(Gateway, Building.compound_id)
-        .outerjoin(Entrance, Entrance.id == Gateway.entrance_id)
-        .outerjoin(Building, Building.id == Entrance.building_id)
-    )
+_LIST_FIELDS = tuple(name for name in GatewayPublic.model_fields if name != "compound_id")
 
 
-@router.get("")
+@router.get("", response_model=GatewaysPublic)
 def read_gateways(
     *,
     session: SessionDep,
     user: GatewayUser,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     online: bool | None = None,
-    compound_id: int | None = None,
-    after: Annotated[str | None, Query(max_length=64)] = None,
-) -> GatewaysPublic:
+    compound_id: IdQuery = None,
+    after: Annotated[str | None, Query(max_length=64, pattern=r"^[^\x00-\x1f\x7f]*$")] = None,
+) -> Response:
     """Gateways ordered by id, a page at a time (``limit`` with ``offset``, or with ``after``
-    = the previous page's ``next_after``); filter by ``online`` and ``compound_id``."""
+    = the previous page's ``next_after``); filter by ``online`` and ``compound_id``.
+
+    The fleet's busiest read: plain columns instead of ORM objects, and the page serialised
+    once (the values come from the database, already of the declared types)."""
     if compound_id is not None:
         ensure_compound(user, compound_id)
-    stmt = scope_filter(_with_compound(), user, Building.compound_id)
+    columns = [Gateway.__table__.c[name] for name in _LIST_FIELDS]
+    stmt = scope_filter(
+        sa.select(*columns, Building.compound_id)
+        .outerjoin(Entrance, Entrance.id == Gateway.entrance_id)
+        .outerjoin(Building, Building.id == Entrance.building_id),
+        user,
+        Building.compound_id,
+    )
     if online is not None:
         stmt = stmt.where(Gateway.online.is_(online))
     if compound_id is not None:
@@ -135,17 +141,18 @@ def read_gateways(
         stmt = stmt.where(Gateway.gateway_id > after)
     rows = session.execute(stmt.order_by(Gateway.gateway_id).limit(limit + 1).offset(offset)).all()
     more = len(rows) > limit
-    items = [GatewayPublic.of(g, c) for g, c in rows[:limit]]
-    return GatewaysPublic(
+    items = [GatewayPublic.model_construct(**row._mapping) for row in rows[:limit]]
+    page = GatewaysPublic.model_construct(
         items=items,
         total=total,
         limit=limit,
         offset=offset,
         next_after=items[-1].gateway_id if more and items else None,
     )
+    return Response(content=page.model_dump_json(), media_type="application/json")
 
 
-def _visible_gateway(session: SessionDep, user: GatewayUser, gateway_id: str) -> Gateway:
+def _visible_gateway(session: SessionDep, user: GatewayUser, gateway_id: TextPath) -> Gateway:
     gateway = session.get(Gateway, gateway_id)
     if gateway is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "No such gateway")
@@ -154,14 +161,14 @@ def _visible_gateway(session: SessionDep, user: GatewayUser, gateway_id: str) ->
 
 
 @router.get("/{gateway_id}")
-def read_gateway(session: SessionDep, user: GatewayUser, gateway_id: str) -> GatewayPublic:
+def read_gateway(session: SessionDep, user: GatewayUser, gateway_id: TextPath) -> GatewayPublic:
     gateway = _visible_gateway(session, user, gateway_id)
     return GatewayPublic.of(gateway, compound_of_gateway(session, gateway_id))
 
 
 @router.get("/{gateway_id}/devices")
 def read_gateway_devices(
-    session: SessionDep, user: GatewayUser, gateway_id: str
+    session: SessionDep, user: GatewayUser, gateway_id: TextPath
 ) -> list[DevicePublic]:
     """The devices behind a gateway as it last reported them (birth and heartbeats)."""
     gateway = _visible_gateway(session, user, gateway_id)

@@ -23,6 +23,7 @@ from pydantic import BaseModel, Field
 
 from fleet.api.deps import Principal, RuntimeDep, SessionDep, gateway_scope_filter, require
 from fleet.api.ingest import IngestStatsPublic
+from fleet.api.types import Offset
 from fleet.models import HealthNotification, Role
 
 router = APIRouter(tags=["health"])
@@ -101,7 +102,7 @@ def read_health_notifications(
     session: SessionDep,
     user: PropertyUser,
     limit: Annotated[int, Query(ge=1, le=500)] = 100,
-    offset: Annotated[int, Query(ge=0)] = 0,
+    offset: Offset = 0,
     lang: Literal["zh", "en"] = "zh",
 ) -> HealthNotificationsPublic:
     """Newest first, within the caller's compounds."""

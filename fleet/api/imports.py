@@ -8,6 +8,7 @@ their own compounds (a row naming another compound is an error); compounds are a
 
 from __future__ import annotations
 
+import re
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, File, HTTPException, Query, UploadFile, status
@@ -78,7 +79,7 @@ async def import_file(
             actor=user.actor,
             scope=user.compound_ids,
             kind=kind,
-            filename=(file.filename or "")[:200] or None,
+            filename=re.sub(r"[\x00-\x1f\x7f]", "", file.filename or "")[:200] or None,
             dry_run=dry_run,
         )
     except PermissionError as exc:

@@ -24,7 +24,7 @@ from starlette.concurrency import run_in_threadpool
 from contract.control import EnrollRequest, EnrollResponse
 from fleet import audit
 from fleet.api.deps import Principal, SessionDep, SettingsDep, ensure_compound, require
-from fleet.api.types import IdPath, RefId
+from fleet.api.types import IdPath, RefId, TextPath
 from fleet.db import utcnow
 from fleet.desired import (
     SOURCE_OVERRIDE,
@@ -163,7 +163,7 @@ def create_gateway(
 
 @router.post("/provisioning/gateways/{gateway_id}/code", status_code=status.HTTP_201_CREATED)
 def new_enrollment_code(
-    gateway_id: str,
+    gateway_id: TextPath,
     session: SessionDep,
     settings: SettingsDep,
     user: Installer,
@@ -264,7 +264,7 @@ class ReplacementPublic(BaseModel):
 
 @router.post("/provisioning/gateways/{gateway_id}/replace", status_code=status.HTTP_201_CREATED)
 async def replace_gateway(
-    gateway_id: str,
+    gateway_id: TextPath,
     body: ReplaceBody,
     session: SessionDep,
     provisioner: ProvisionerDep,
@@ -331,7 +331,7 @@ class ProvisioningStatus(BaseModel):
 
 @router.get("/provisioning/gateways/{gateway_id}")
 def provisioning_status(
-    gateway_id: str, session: SessionDep, user: Maintainer
+    gateway_id: TextPath, session: SessionDep, user: Maintainer
 ) -> ProvisioningStatus:
     """Enrollment state of a gateway: account, codes (never the codes themselves), replacement."""
     gateway, compound_id = _scoped_gateway(session, user, gateway_id)
@@ -463,7 +463,9 @@ def _config_state(session: Session, gateway_id: str) -> ConfigStatePublic:
 
 
 @router.get("/provisioning/gateways/{gateway_id}/config")
-def read_config_state(gateway_id: str, session: SessionDep, user: Maintainer) -> ConfigStatePublic:
+def read_config_state(
+    gateway_id: TextPath, session: SessionDep, user: Maintainer
+) -> ConfigStatePublic:
     """Desired config (version, hash, problems) against what the gateway reports it runs."""
     _scoped_gateway(session, user, gateway_id)
     return _config_state(session, gateway_id)
@@ -471,7 +473,7 @@ def read_config_state(gateway_id: str, session: SessionDep, user: Maintainer) ->
 
 @router.post("/provisioning/gateways/{gateway_id}/config/refresh")
 def refresh_config(
-    gateway_id: str,
+    gateway_id: TextPath,
     session: SessionDep,
     settings: SettingsDep,
     user: Installer,
@@ -496,7 +498,7 @@ class OverrideBody(BaseModel):
 
 @router.put("/provisioning/gateways/{gateway_id}/config/override")
 def put_config_override(
-    gateway_id: str,
+    gateway_id: TextPath,
     body: OverrideBody,
     session: SessionDep,
     user: Admin,
@@ -525,7 +527,7 @@ def put_config_override(
 
 @router.delete("/provisioning/gateways/{gateway_id}/config/override")
 def delete_config_override(
-    gateway_id: str,
+    gateway_id: TextPath,
     session: SessionDep,
     settings: SettingsDep,
     user: Admin,
@@ -590,7 +592,8 @@ def put_compound_rules(
     if session.get(Compound, compound_id) is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "No such compound")
     try:
-        validate_rules(body)
+        # Stored as validated (only what was given): the raw body could hold anything.
+        body = validate_rules(body).model_dump(mode="json", exclude_unset=True)
     except ConfigInputError as exc:
         raise HTTPException(422, str(exc)) from exc
     row = session.get(CompoundRules, compound_id)
@@ -611,5 +614,5 @@ def put_compound_rules(
         summary={"before": before, "after": body},
     )
     session.commit()
-    provisioner.publisher.request(sweep=True)
+    provisioner.publisher.request()  # the commit hook already queued the compound's gateways
     return _rules_public(session, compound_id)

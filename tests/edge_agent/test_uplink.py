@@ -186,11 +186,11 @@ def _make_ca_and_server(directory: Path) -> tuple[Path, Path, Path]:
 
 async def test_tls_and_per_gateway_credentials(tmp_path: Path) -> None:
     ca_file, cert_file, key_file = _make_ca_and_server(tmp_path)
+    broker = PrivateMosquitto(tmp_path / "broker")  # skips or fails without Mosquitto
     passwd = tmp_path / "passwd"
     subprocess.run(
         ["mosquitto_passwd", "-b", "-c", str(passwd), "gw-tls", "s3cret-gw-pass"], check=True
     )
-    broker = PrivateMosquitto(tmp_path / "broker")
     # The listener speaks TLS only and wants a password.
     broker.conf.write_text(
         broker.conf.read_text().replace("allow_anonymous true", "allow_anonymous false")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import shutil
 import subprocess
 import sys
@@ -172,3 +173,56 @@ async def test_full_disk_keeps_alerts_flowing(tmp_path: Path, database_url: str)
     last = obs.heartbeats()[-1]
     assert last["outbox_counters"]["held_in_memory"] == 0
     assert "space is back" in text
+
+
+RESTART_SCRIPT = """
+import asyncio, json, os, sys
+from pathlib import Path
+from edge_agent.outbox import PRIORITY_ALERT, PRIORITY_TELEMETRY, Outbox
+state = Path(sys.argv[1])
+
+async def main():
+    ob = Outbox(state / "outbox.db", reserve_bytes=1024 * 1024)
+    for _ in range(50):
+        await ob.put("t", b"x" * 1000, PRIORITY_TELEMETRY)
+    ob.close()  # the agent stops ...
+    fd = os.open(state / "filler", os.O_WRONLY | os.O_CREAT)  # ... the disk fills up ...
+    try:
+        while True:
+            os.write(fd, bytes(65536))
+    except OSError:
+        os.close(fd)
+    ob = Outbox(state / "outbox.db", reserve_bytes=1024 * 1024)  # ... and it starts again
+    alerts = [(await ob.put("t", b"a" * 500, PRIORITY_ALERT)).value for _ in range(20)]
+    telemetry = [(await ob.put("t", b"t" * 500, PRIORITY_TELEMETRY)).value for _ in range(5)]
+    print(json.dumps({"alerts": alerts, "telemetry": telemetry, "fault": ob.fault,
+                      "depth": ob.depth()}))
+    ob.close()
+
+asyncio.run(main())
+"""
+
+
+def test_restart_on_a_full_disk_still_stores_alerts(tmp_path: Path) -> None:
+    """An agent restarted on a full disk opens its outbox in the reserve's space."""
+    reason = _can_mount_tmpfs(tmp_path)
+    if reason:
+        pytest.skip(reason)
+    state = tmp_path / "state"
+    state.mkdir()
+    script = tmp_path / "restart.py"
+    script.write_text(RESTART_SCRIPT)
+    root = Path(__file__).resolve().parents[2]
+    r = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c",
+         f"mount -t tmpfs -o size={TMPFS_SIZE} tmpfs {state} && "
+         f"cd {root} && exec {sys.executable} {script} {state}"],
+        capture_output=True, text=True, check=False, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    result = json.loads(r.stdout.strip().splitlines()[-1])
+    assert result["alerts"] == ["committed"] * 20
+    assert result["telemetry"] == ["dropped"] * 5
+    assert result["fault"] == "disk_full"
+    assert result["depth"] == 50 + 20  # nothing already stored was lost
+    assert "opened" in r.stderr and "on a full disk" in r.stderr

@@ -69,8 +69,13 @@ async def test_killed_and_half_open_gateways_go_offline_and_the_rest_stay_online
 
         gws = await eventually(all_online, f"{N} simulated gateways online", timeout=60)
         assert {g["agent_version"] for g in gws.values()} == {"sim-fleet-1"}
-        r = await client.get(f"/api/gateways/{prefix}-00000/devices", headers=headers)
-        assert {d["device_id"]: d["state"] for d in r.json()} == {"ble-1": "ok", "m-1": "ok"}
+
+        async def devices_ok() -> bool:
+            # The birth lists the devices (state unknown); the first heartbeat reports them.
+            r = await client.get(f"/api/gateways/{prefix}-00000/devices", headers=headers)
+            return {d["device_id"]: d["state"] for d in r.json()} == {"ble-1": "ok", "m-1": "ok"}
+
+        await eventually(devices_ok, "the first heartbeat's device states")
 
         names = sorted(sim.gateways)
         dropped, silent, healthy = names[:5], names[5:10], names[10:]

@@ -12,13 +12,15 @@ from contract.messages import ConfigState
 from edge_agent.config import AgentConfig
 from fleet.db import make_engine, make_sessionmaker, utcnow
 from fleet.desired import (
+    affected_gateways,
     assemble,
     clear_override,
     record_config_state,
     refresh,
     set_override,
+    touched_by,
 )
-from fleet.models import Device, Gateway, GatewayConfigState
+from fleet.models import BrokerAccount, Device, Flat, Gateway, GatewayConfigState
 from tests.fleet.helpers import T0, envelope
 from tests.fleet.test_provisioning import make_site
 
@@ -128,5 +130,51 @@ def test_an_older_config_report_never_overrides_a_newer_one(database_url: str) -
                 5,
                 "bad slave",
             )
+    finally:
+        engine.dispose()
+
+
+def test_a_register_change_reassembles_only_the_gateways_it_concerns(database_url: str) -> None:
+    site = make_site(database_url)
+    engine = make_engine(database_url)
+    sessions = make_sessionmaker(engine)
+    now = utcnow()
+    try:
+        with sessions() as session, session.begin():
+            for gw, entrance in (("gw-a", site.entrance_id), ("gw-b", site.other_entrance_id)):
+                session.add(Gateway(gateway_id=gw, entrance_id=entrance, first_seen=now))
+                session.flush()
+                session.add(BrokerAccount(gateway_id=gw, username=gw, mode="none", created_at=now))
+            session.add(
+                Gateway(gateway_id="gw-unenrolled", entrance_id=site.entrance_id, first_seen=now)
+            )
+            session.flush()
+            session.add(
+                Device(
+                    compound_id=site.compound_id,
+                    gateway_id="gw-a",
+                    kind="meter",
+                    device_id="m-a",
+                    params={},
+                )
+            )
+        with sessions() as session, session.begin():
+            device = session.scalars(sa.select(Device).where(Device.device_id == "m-a")).one()
+            device.params = {"slave": 7, "url": "/dev/ttyUSB0"}
+            touched = touched_by(session)
+            assert touched.compounds == {site.compound_id} and not touched.everything
+            assert affected_gateways(session, touched) == [
+                "gw-a"
+            ]  # not B's compound, not unenrolled
+        with sessions() as session, session.begin():
+            flat = session.get(Flat, site.flat_ids["3-101"])
+            assert flat is not None
+            flat.rooms = 3
+            assert affected_gateways(session, touched_by(session)) == ["gw-a"]
+        with sessions() as session, session.begin():
+            gateway = session.get(Gateway, "gw-b")
+            assert gateway is not None
+            gateway.entrance_id = site.entrance_id  # moved: its own config changes
+            assert affected_gateways(session, touched_by(session)) == ["gw-b"]
     finally:
         engine.dispose()

@@ -153,9 +153,10 @@ async def test_dynsec_client_and_role_per_gateway(dynsec_fleet: Any) -> None:
     client, broker, _database_url, site = dynsec_fleet
     admin = await login(client)
     gw = f"gw-ds-{new_message_id()[:8]}"
-    first = await enroll(
-        client, (await create_gateway(client, admin, site.entrance_id, gw))["code"]
-    )
+    code = (await create_gateway(client, admin, site.entrance_id, gw))["code"]
+    first = await enroll(client, code)
+    used = await client.post("/api/enroll", json={"code": code})
+    assert used.status_code == 409 and used.json()["detail"]["code"] == "enrollment_used"
     ctl = control(broker)
     (got,) = await ctl.run([{"command": "getClient", "username": gw}])
     assert [r["rolename"] for r in got["data"]["client"]["roles"]] == [gateway_role(gw)]
@@ -167,8 +168,8 @@ async def test_dynsec_client_and_role_per_gateway(dynsec_fleet: Any) -> None:
         ("publishClientReceive", f"edge/v1/{gw}/down/#", True),
     }
 
-    code = (await client.post(f"/api/provisioning/gateways/{gw}/code", headers=admin)).json()
-    second = await enroll(client, code["code"])
+    fresh = (await client.post(f"/api/provisioning/gateways/{gw}/code", headers=admin)).json()
+    second = await enroll(client, fresh["code"])
     with pytest.raises(aiomqtt.MqttError):
         async with gateway_client(broker, first, v5=True) as c:
             await c.subscribe(down(gw, Down.CONFIG), qos=1)

@@ -196,6 +196,21 @@ async def test_every_step_from_new_to_closed_with_timeline_and_photo(
         assert r.status_code == 200 and r.content == PNG
         assert r.headers["content-type"] == "image/png"
 
+        # The work lists: by status, overdue; another office sees none of it.
+        r = await client.get("/api/cases", headers=officer, params={"status": "closed"})
+        assert [c["alert_id"] for c in r.json()["items"]] == [alert_id]
+        r = await client.get(
+            "/api/cases", headers=officer, params={"status": ["new", "dispatched"]}
+        )
+        assert r.json()["total"] == 0
+        r = await client.get("/api/cases", headers=officer, params={"overdue": "true"})
+        assert r.json()["total"] == 0
+        other = await as_user(client, "officer_b")
+        assert (await client.get("/api/cases", headers=other)).json()["total"] == 0
+        r = await client.get("/api/risk/flats", headers=officer)
+        assert [(f["flat_id"], f["risk"]) for f in r.json()] == [(site.flat_id, "medium")]
+        assert (await client.get("/api/risk/flats", headers=other)).json() == []
+
         # Property staff may add notes and photos, but no steps.
         prop = await as_user(client, "property_a")
         r = await client.post(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import json
 import re
 import subprocess
 import sys
@@ -355,21 +356,23 @@ async def scenario_replacement(
 
     pm = await login_as(client, "pm", INSTALLER_PASSWORD)  # a property company replaces
     new_id = f"gw-new-{new_message_id()[:8]}"
-    r = await client.post(
-        f"/api/provisioning/gateways/{old_id}/replace",
-        json={"new_gateway_id": new_id, "reason": "进水损坏 water damage"},
-        headers=pm,
-    )
+    # The old gateway is still connected while it is replaced; what it sends afterwards on
+    # that connection must not arrive (dynsec drops the connection, the embedded broker's
+    # topic check refuses the publish).
+    with contextlib.suppress(aiomqtt.MqttError):
+        async with gateway_client(broker, old, v5=v5) as live:
+            r = await client.post(
+                f"/api/provisioning/gateways/{old_id}/replace",
+                json={"new_gateway_id": new_id, "reason": "进水损坏 water damage"},
+                headers=pm,
+            )
+            await live.publish(*wire(telemetry(old_id, "m-late")), qos=0)
     assert r.status_code == 201, r.text
     body = r.json()
     assert body["new_gateway_id"] == new_id
-    assert body["moved"] == {
-        "devices": 1,
-        "meter_readings": 3,
-        "card_swipes": 0,
-        "charging_events": 0,
-        "alerts": 1,
-    }
+    moved = body["moved"]
+    assert (moved["devices"], moved["meter_readings"], moved["alerts"]) == (1, 3, 1)
+    assert (moved["card_swipes"], moved["charging_events"]) == (0, 0)
     assert CODE_RE.match(body["enrollment"]["code"])
 
     # The old credentials no longer log in.
@@ -411,6 +414,14 @@ async def scenario_replacement(
         return await readings_of(database_url, new_id) == 6
 
     await eventually(new_stored, "the new gateway's telemetry")
+    late = await asyncio.to_thread(
+        query,
+        database_url,
+        sa.select(sa.func.count())
+        .select_from(MeterReading)
+        .where(MeterReading.meter_id == "m-late"),
+    )
+    assert late == [(0,)]
 
 
 async def scenario_desired_config(
@@ -484,6 +495,26 @@ async def scenario_desired_config(
     retained = await retained_config(broker, enrolled, v5=v5)
     assert (retained.version, retained.hash) == (1, enrolled.desired.hash)
 
+    # A mapping change through the register's API (a meter added for flat 3-101) is published
+    # as the next version without anyone asking.
+    r = await client.post(
+        "/api/devices",
+        json={
+            "compound_id": site.compound_id,
+            "kind": "meter",
+            "device_id": f"{gw}-m4",
+            "gateway_id": gw,
+            "flat_id": site.flat_ids["3-101"],
+            "params": {"slave": 4, "url": "/dev/ttyUSB0", "profile": "sdm120"},
+        },
+        headers=admin,
+    )
+    assert r.status_code == 201, r.text
+    mapped = await retained_config(broker, enrolled, v5=v5, min_version=2)
+    assert mapped.version == 2
+    assert {"meter_id": f"{gw}-m4", "unit_id": "3-101"} in mapped.config["site"]["meters"]
+    assert [m["slave"] for m in mapped.config["modbus"][0]["meters"]] == [3, 4]
+
     # A threshold change for the compound is a new version; the same again is not.
     r = await client.put(
         f"/api/provisioning/compounds/{site.compound_id}/rules",
@@ -492,11 +523,11 @@ async def scenario_desired_config(
     )
     assert r.status_code == 200, r.text
     assert r.json()["effective"]["overload"]["sustain_s"] == 600.0
-    retained = await retained_config(broker, enrolled, v5=v5, min_version=2)
-    assert retained.version == 2
+    retained = await retained_config(broker, enrolled, v5=v5, min_version=3)
+    assert retained.version == 3
     assert retained.config["rules"]["overload"]["sustain_s"] == 600.0
     r = await client.post(f"/api/provisioning/gateways/{gw}/config/refresh", headers=admin)
-    assert r.json()["desired"]["version"] == 2  # unchanged hash, unchanged version
+    assert r.json()["desired"]["version"] == 3  # unchanged hash, unchanged version
 
     # An admin pushes a config the gateway will refuse.
     bad = {"modbus": [{"transport": "rtu", "meters": []}]}
@@ -504,8 +535,8 @@ async def scenario_desired_config(
         f"/api/provisioning/gateways/{gw}/config/override", json={"config": bad}, headers=admin
     )
     assert r.status_code == 200, r.text
-    assert r.json()["desired"]["version"] == 3 and r.json()["desired"]["source"] == "override"
-    pushed = await retained_config(broker, enrolled, v5=v5, min_version=3)
+    assert r.json()["desired"]["version"] == 4 and r.json()["desired"]["source"] == "override"
+    pushed = await retained_config(broker, enrolled, v5=v5, min_version=4)
     assert pushed.config == bad
     reason = "modbus.0.meters: List should have at least 1 item after validation"
     async with gateway_client(broker, enrolled, v5=v5) as c:
@@ -514,7 +545,7 @@ async def scenario_desired_config(
             status="rejected",
             version=pushed.version,
             hash=pushed.hash,
-            applied_version=2,
+            applied_version=3,
             applied_hash=retained.hash,
             reason=reason,
         )
@@ -528,20 +559,20 @@ async def scenario_desired_config(
     body = await eventually(seen, "the gateway's config report")
     assert body["drift"] == "rejected" and body["in_sync"] is False
     assert body["applied"]["last_rejection_reason"] == reason
-    assert body["applied"]["applied_version"] == 2
-    assert body["desired"]["version"] == 3
+    assert body["applied"]["applied_version"] == 3
+    assert body["desired"]["version"] == 4
 
     # Back to the register: the gateway applies it and the fleet shows it in sync.
     r = await client.delete(f"/api/provisioning/gateways/{gw}/config/override", headers=admin)
     desired = r.json()["desired"]
-    assert desired["source"] == "site" and desired["version"] == 4
+    assert desired["source"] == "site" and desired["version"] == 5
     async with gateway_client(broker, enrolled, v5=v5) as c:
         report = ConfigState(
             **envelope(gw, seq=6, ts=T0 + timedelta(minutes=6)),
             status="applied",
-            version=4,
+            version=5,
             hash=desired["hash"],
-            applied_version=4,
+            applied_version=5,
             applied_hash=desired["hash"],
         )
         await c.publish(up(gw, Up.CONFIG_STATE), encode(report), qos=1)
@@ -793,3 +824,56 @@ async def test_roles_and_scopes(open_fleet: Any) -> None:
         headers=admin,
     )
     assert r.status_code == 422 and "sustain_s" in r.text
+
+
+async def test_odd_input_gets_a_clear_answer_not_a_server_error(open_fleet: Any) -> None:
+    client, _database_url, site, _settings = open_fleet
+    admin = await login(client)
+    gw = f"gw-odd-{new_message_id()[:6]}"
+    code = (await create_gateway(client, admin, site.entrance_id, gw))["code"]
+    r = await client.post("/api/enroll", json={"code": code, "hostname": "pi\x00\n3-1"})
+    assert r.status_code == 200, r.text  # stored without the control characters
+    for config in ({"rules": float("nan")}, {"site": "a\x00b"}, {"unknown_key": 1}):
+        r = await client.put(
+            f"/api/provisioning/gateways/{gw}/config/override",
+            content=json.dumps({"config": config}),
+            headers={**admin, "Content-Type": "application/json"},
+        )
+        assert r.status_code == 422, (config, r.text)
+    r = await client.get("/api/provisioning/gateways/a%00b", headers=admin)
+    assert r.status_code == 422
+    r = await client.get(f"/api/provisioning/gateways/{gw}/config", headers=admin)
+    assert r.status_code == 200 and r.json()["desired"]["source"] == "site"
+
+
+@pytest.mark.parametrize(
+    ("values", "complaint"),
+    [
+        pytest.param({"broker_auth": "embedded"}, "BROKER_AUTH_FILE", id="embedded-no-file"),
+        pytest.param(
+            {"broker_auth": "embedded", "broker_auth_file": "/tmp/creds.json"},
+            "user and password in FLEET_MQTT_URL",
+            id="embedded-no-service-login",
+        ),
+        pytest.param({"broker_auth": "dynsec"}, "dynamic-security admin", id="dynsec-no-admin"),
+        pytest.param(
+            {"gateway_mqtt_url": "http://broker.example"}, "GATEWAY_MQTT_URL", id="gateway-url"
+        ),
+    ],
+)
+def test_broker_settings_that_cannot_work_are_refused_at_start(
+    values: dict[str, Any], complaint: str
+) -> None:
+    with pytest.raises(ValueError, match=complaint):
+        Settings(demo=True, **values)
+
+
+def test_embedded_broker_auth_makes_ingest_speak_mqtt_311() -> None:
+    settings = Settings(
+        demo=True,
+        broker_auth="embedded",
+        broker_auth_file=Path("/tmp/creds.json"),
+        mqtt_url="mqtt://fleet:pw@127.0.0.1:1883",
+    )
+    assert settings.mqtt_protocol == "3.1.1"
+    assert settings.gateway_broker_url == "mqtt://127.0.0.1:1883"  # never the fleet's password

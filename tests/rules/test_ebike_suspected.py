@@ -281,7 +281,9 @@ def test_a_second_battery_charged_alongside_the_first_gets_its_own_episode() -> 
     assert at(21.5) <= second.raised_at <= at(22.6)  # on the second plateau, before it tapers
     assert clears[0].evidence["ended_by"] == "next_session"
     assert clears[0].cleared_at == second.raised_at
-    assert second.evidence["step_w"] is not None and 180.0 <= float(second.evidence["step_w"]) <= 260.0
+    assert (
+        second.evidence["step_w"] is not None and 180.0 <= float(second.evidence["step_w"]) <= 260.0
+    )
 
 
 def test_one_charger_is_one_episode_however_long_its_plateau() -> None:
@@ -290,4 +292,3 @@ def test_one_charger_is_one_episode_however_long_its_plateau() -> None:
         Change.RAISED,
         Change.CLEARED,
     ]
-

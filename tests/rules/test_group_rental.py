@@ -280,3 +280,28 @@ def test_days_without_any_swipe_in_the_building_are_not_evidence() -> None:
     assert ep.evidence["window_days"] == 7
     # A single flat whose cards stop while the building's other cards go on is different:
     # its people are gone (see test_clears_three_evaluations_after_the_signals_are_gone).
+
+
+def test_a_registered_household_does_not_explain_three_times_the_load() -> None:
+    # Registered for 3, 2 cards in use: the registration covers the cards. But the flat draws
+    # over 3 x the energy and evening spread of similar flats while unregistered cards are in
+    # daily use in the building: people live there whom neither list shows.
+    hidden = Flat(
+        unit="1-44", registered=3, cards=2, evening_w=1800.0, base_w=260.0, valley_w=200.0
+    )
+    _, changes = run([*neighbours(), hidden], days=9, unregistered=3)
+    assert [c.episode.subject.unit_id for c in changes] == ["1-44"]
+    ev = changes[0].episode.evidence
+    assert ev["explained_by_registration"] is False
+    assert ev["signals"] == "load,hidden_tenants"
+    assert ev["load_vs_peers"] is not None and float(ev["load_vs_peers"]) >= 3.0
+    # Without unregistered cards in the building, the registered household explains it.
+    _, changes = run([*neighbours(), hidden], days=9, unregistered=0)
+    assert changes == []
+
+
+def test_a_large_registered_family_with_a_busy_evening_is_not_flagged() -> None:
+    # 8 registered, 6 card holders, twice the load of a couple's flat: a family, not a rental.
+    family = rental(unit="1-88", registered=8, cards=6, evening_w=800.0, valley_w=120.0)
+    _, changes = run([*neighbours(), family], days=10, unregistered=3)
+    assert changes == []

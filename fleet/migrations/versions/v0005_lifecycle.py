@@ -43,6 +43,19 @@ def _index(table: str, *columns: str) -> None:
 
 
 def upgrade() -> None:
+    # Read the old outbox first: on SQLite the batch rebuild of ``alerts`` below drops the old
+    # table, and with foreign keys on that cascades to the rows referencing it.
+    old = (
+        op.get_bind()
+        .execute(
+            sa.text(
+                "SELECT d.alert_id, d.url, d.status, d.attempts, d.next_attempt_at, d.last_error, "
+                "d.delivered_at, d.created_at, a.severity FROM forward_deliveries d "
+                "JOIN alerts a ON a.alert_id = d.alert_id ORDER BY d.id"
+            ).columns(next_attempt_at=_TS, delivered_at=_TS, created_at=_TS)
+        )
+        .all()
+    )
     with op.batch_alter_table("alerts") as batch:
         batch.add_column(
             sa.Column("status", sa.String(length=16), server_default="new", nullable=False)
@@ -204,18 +217,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("flat_id", name=op.f("pk_flat_marks")),
     )
 
-    # The outbox: from (alert, url) rows to (notification, channel) rows.
-    old = (
-        op.get_bind()
-        .execute(
-            sa.text(
-                "SELECT d.alert_id, d.url, d.status, d.attempts, d.next_attempt_at, d.last_error, "
-                "d.delivered_at, d.created_at, a.severity FROM forward_deliveries d "
-                "JOIN alerts a ON a.alert_id = d.alert_id ORDER BY d.id"
-            )
-        )
-        .all()
-    )
+    # The outbox: from (alert, url) rows to (notification, channel) rows (read at the start).
     op.drop_index(
         op.f("ix_forward_deliveries_status_next_attempt_at"), table_name="forward_deliveries"
     )
