@@ -136,7 +136,6 @@ SIGNAL_POWER = "power_w"
 
 _INF = float("inf")
 _MAX_LOADS = 8
-_MIN_PF = 0.45  # a charger without PFC still has a power factor of about 0.5 or more
 _MIN_TAPER_BINS = 3
 _STEP_SHARE = 0.7  # a bin's fall is a switch-off when one reading-to-reading fall is this much
 _FLOOR_CREEP = 0.02  # of the step scale per hour: the standby floor follows a slow rise
@@ -176,12 +175,10 @@ class _Load:
 
     __slots__ = (
         "base",
-        "base_p",
         "charger",
         "created",
         "level",
         "peak",
-        "pending",
         "pf",
         "quiet",
         "recognised",
@@ -199,8 +196,6 @@ class _Load:
         self.start = start  # estimated switch-on (the envelope shows a step a window late)
         self.created = created  # when the envelope showed the step
         self.base = base
-        self.base_p = 0.0  # the real-power envelope before the step
-        self.pending = False  # its power factor is not known yet (see _step)
         self.step_w: float | None = None  # the step in real power, when known
         self.pf: float | None = None  # power factor of the step, when known
         self.charger = True
@@ -632,14 +627,12 @@ class EbikeChargingSuspectedRule:
             # The power factor of the step: too high, it is a fridge, a fan, electronics with
             # PFC, or a whole shop opening. A real-power step that fell (a heater switched off in
             # the same window) leaves it unknown.
-            # A real-power step far beyond any charger means a resistive load (a heater, a
-            # cooker) switched on in the same window: the step's power factor is not known
-            # until that load has gone again (see _housekeeping).
-            load.base_p = st.env_p - step_w
-            if step_w > 1.5 * cfg.max_step_w:
-                load.pending = True
-            elif step_w > 0:
-                self._set_pf(load, step_w)
+            if step_w > 0:
+                load.pf = step_w / (step_w + delta)
+                if load.pf > cfg.max_pf:
+                    load.charger = False
+                if step_w <= 1.5 * cfg.max_step_w:
+                    load.step_w = step_w
             st.loads.append(load)
         elif delta > 0:
             st.excess += delta
@@ -655,13 +648,6 @@ class EbikeChargingSuspectedRule:
                 if match is st.owner:
                     self._clear(st, match, at, ENDED_BY_OFF, out)
         self._housekeeping(st, at, out)
-
-    def _set_pf(self, load: _Load, step_w: float) -> None:
-        load.pending = False
-        load.step_w = step_w
-        load.pf = step_w / (step_w + load.level)
-        if load.pf > self._cfg.max_pf:
-            load.charger = False
 
     def _consistent(self, st: _Meter, room: float, at: float, out: list[AlertChange]) -> None:
         """Loads cannot add up to more than the envelope above the standby floor: when they do,
@@ -744,24 +730,12 @@ class EbikeChargingSuspectedRule:
         for load in st.loads[:]:
             if not load.charger:
                 continue
-            if load.pending:
-                step_w = st.env_p - load.base_p
-                if step_w <= 1.5 * cfg.max_step_w:  # the resistive load has gone
-                    self._set_pf(load, step_w)
-                    # a charger draws real power (its power factor is 0.5 or more); its steady
-                    # current must show now that the other load is gone
-                    if step_w < cfg.min_step_w or load.pf is None or load.pf < _MIN_PF:
-                        load.charger = False
-                    load.quiet = 0
-                    if not load.charger:
-                        continue
             if load.taper_start is None:
                 if at - load.start > cfg.max_plateau_s:
                     load.charger = False  # a continuous load, not a charger
                 elif (
                     st.mode == _NON_ACTIVE
                     and not load.recognised
-                    and not load.pending
                     and at - load.created >= cfg.plateau_hold_s
                     and load.level >= cfg.recognise_fraction * load.peak
                     and load.quiet >= cfg.min_quiet_bins

@@ -130,6 +130,8 @@ ROUTES: list[Access] = [
     Access("POST", "/api/alerts/{alert_id}/actions/{action}", ALL, url=lambda s: f"/api/alerts/{s.a.alert}/actions/acknowledge", scoped=True, ok=None),
     Access("POST", "/api/alerts/{alert_id}/comments", ALL, url=lambda s: f"/api/alerts/{s.a.alert}/comments", data=lambda s: {"comment": "已上门核查"}, scoped=True, ok=None),
     Access("GET", "/api/alerts/{alert_id}/photos/{photo_id}", ALL, url=lambda s: f"/api/alerts/{s.a.alert}/photos/1", scoped=True, ok=None),
+    Access("GET", "/api/cases", ALL),
+    Access("GET", "/api/risk/flats", ALL),
     Access("GET", "/api/flats/{flat_id}/file", ALL, url=lambda s: f"/api/flats/{s.a.flat}/file", scoped=True, ok=None),
     Access("PUT", "/api/flats/{flat_id}/rented", OFFICE, url=lambda s: f"/api/flats/{s.a.flat}/rented", json=lambda s: {"rented": True}, scoped=True, ok=None),
     Access("GET", "/api/sublandlords", OFFICE, ok=None),
