@@ -355,9 +355,10 @@ class EbikeChargingSuspectedConfig(_Strict):
         "electronics: higher)",
     )
     min_plateau_s: float = Field(
-        default=2400.0,
+        default=3600.0,
         ge=0,
-        description="before a taper, the constant-current plateau must have held this long",
+        description="before a taper, the constant-current plateau must have held this long "
+        "(an e-bike pack's CC phase is 1-6 h; a laptop's is under an hour)",
     )
     max_plateau_s: float = Field(
         default=10 * 3600.0,

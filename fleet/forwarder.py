@@ -102,19 +102,19 @@ class Forwarder:
         the loop, which claims whatever became due (the next row of that flat, a new alert).
         The loop otherwise sleeps until woken, a retry is due, or the poll interval.
         """
-        tasks: set[asyncio.Task[None]] = set()
+        tasks: dict[asyncio.Task[None], Job] = {}
         try:
             while True:
                 self._wake.clear()  # a wake-up during this round triggers the next one at once
                 try:
                     room = min(BATCH_SIZE, MAX_IN_FLIGHT - len(tasks))
-                    jobs, timeout = await self._db.run(self._claim_due, max(room, 0))
+                    jobs, timeout = await self._claim(max(room, 0))
                     for job in jobs:
                         task = asyncio.create_task(
                             self._deliver(job), name=f"deliver-{job.delivery_id}"
                         )
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
+                        tasks[task] = job
+                        task.add_done_callback(lambda t: tasks.pop(t, None))
                     if jobs and len(jobs) == room:
                         await asyncio.sleep(0)  # let the tasks start, then claim more
                         continue
@@ -128,9 +128,28 @@ class Forwarder:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), timeout)
         finally:
-            for task in tasks:
+            pending = dict(tasks)
+            for task in pending:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
+            # A task cancelled before it started never ran its own release: hand its row back
+            # so the next start retries it at once instead of after the lease.
+            for task, job in pending.items():
+                if task.cancelled():
+                    await self._db.run(self._release, job)
+
+    async def _claim(self, limit: int) -> tuple[list[Job], float]:
+        """Claim due rows; when cancelled meanwhile, release what the claim took (the database
+        work runs on in its thread and commits, so its rows would otherwise stay leased)."""
+        claim = asyncio.ensure_future(self._db.run(self._claim_due, limit))
+        try:
+            return await asyncio.shield(claim)
+        except asyncio.CancelledError:
+            with contextlib.suppress(Exception):
+                jobs, _ = await claim
+                for job in jobs:
+                    await self._db.run(self._release, job)
+            raise
 
     def _claim_due(self, limit: int = BATCH_SIZE) -> tuple[list[Job], float]:
         """Lease up to ``limit`` due rows; also how long until the next row is due (one

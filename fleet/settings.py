@@ -70,10 +70,11 @@ class Settings(DatabaseSettings):
     admin_password: SecretStr | None = None
     webhook_urls: Annotated[list[str], NoDecode] = Field(default_factory=list)
     gateway_offline_after_s: float = Field(
-        default=90.0,
+        default=75.0,
         gt=0,
         description="A gateway with no message for this long is offline (a half-open "
-        "connection the broker has not noticed): 3 heartbeat intervals of the agent's 30 s.",
+        "connection the broker has not noticed): two missed 30 s heartbeats plus 15 s for a "
+        "late one, so a dead gateway shows offline within 90 s of its last heartbeat.",
     )
     # Ingest and health at scale (docs/fleet.md, "Ingest" and "Health").
     ingest_enabled: bool = Field(

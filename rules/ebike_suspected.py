@@ -30,7 +30,11 @@ Signals (per meter, O(1) per reading)
 Recognition by the non-active plateau (meters with voltage and current)
     The non-active envelope is decomposed into loads: a rise of ``min_step_va``..``max_step_va``
     (50-450 VA) is a new charger candidate, unless the simultaneous real-power step gives it a
-    power factor above ``max_pf`` (0.78: fridges, fans, electronics, a shop opening); a drop
+    power factor above ``max_pf`` (0.78: fridges, fans, electronics, a shop opening), or it is
+    below both 90 W and 60 VA (a laptop adapter or a phone: CC-CV too, no PFC below 75 W, but
+    an e-bike charger draws 100 W or more at the wall). Small rises in quick succession (at most
+    two bins apart) add up to one step: a charger's soft start, or a step the envelope shows
+    over two bins. A drop
     within ``match_tolerance`` (30 %) of a load's level is that load switched off; other drops
     are gradual and taper the candidates; small rises are kept apart. Loads may not add up to
     more than the envelope above the standby floor (otherwise some are gone unseen: dropped).
@@ -47,7 +51,8 @@ Recognition by the taper (every meter)
     ``min_step_w``..``max_step_w`` (60-500 W) over at least ``min_taper_s`` (10 min) and three
     bins, no bin carrying more than ``taper_max_drop_fraction`` (60 %) of it, at least
     ``taper_ramp_fraction`` (50 %) of it as a ramp rather than switch-offs, and the envelope
-    history shows the plateau before it (held near the top for ``min_plateau_s``, 40 min) and
+    history shows the plateau before it (held near the top for ``min_plateau_s``, 1 h: an e-bike
+    pack's CC phase is 1-6 h, a laptop's under an hour) and
     a single step up of most of the fall before that (within ``max_plateau_s``). On a meter
     with current, the run must also lose at most ``taper_non_active_fraction`` (20 %) of its
     fall in non-active power: this path is for chargers with a corrected power factor (and
@@ -64,12 +69,13 @@ Raising and clearing
     ``stale_after_s``). ``cleared_at`` is otherwise the end of the bin that showed it. One
     session is one episode and a new one needs a new step and plateau, so an alert cannot flap.
     One episode per meter at a time (the fleet keeps one open alert per subject and kind): a
-    second session recognised while one is open, and that began at least ``envelope_s`` after
-    it, *hands over*: the open episode clears at once (``ended_by`` = "next_session") and the
-    new session's episode is raised, so a second battery charged alongside the first is
-    reported while it charges. A session is raised at most once: the first is not raised again
-    when the second ends. A session recognised while another is open that began earlier is
-    raised when that episode clears (if it is still charging).
+    second session recognised while one is open, whose step showed in the envelope at least one
+    bin after the open one's (a separate switch-on, not the same step seen twice), *hands
+    over*: the open episode clears at once (``ended_by`` = "next_session") and the new
+    session's episode is raised, so a second battery charged alongside the first is reported
+    while it charges. A session is raised at most once: the first is not raised again when the
+    second ends. A session recognised while another is open whose step showed earlier is raised
+    when that episode clears (if it is still charging).
 
 Time
     Bins are aligned on multiples of ``bin_s`` in POSIX time and close at the meter's first
@@ -136,6 +142,10 @@ SIGNAL_POWER = "power_w"
 
 _INF = float("inf")
 _MAX_LOADS = 8
+# A step below both is a laptop adapter or a phone charger, not an e-bike charger (see _step)
+_SMALL_W = 90.0
+_SMALL_VA = 60.0
+_RISE_GAP = 2  # bins between small rises that still add up to one step
 _MIN_TAPER_BINS = 3
 _STEP_SHARE = 0.7  # a bin's fall is a switch-off when one reading-to-reading fall is this much
 _FLOOR_CREEP = 0.02  # of the step scale per hour: the standby floor follows a slow rise
@@ -238,6 +248,9 @@ class _Meter:
         "prev_t",
         "quiet_abs",
         "ring",
+        "rise",
+        "rise_p",
+        "rise_t",
         "run",
         "scheduled",
         "subject",
@@ -270,6 +283,8 @@ class _Meter:
         self.prev_t = 0.0
         self.loads: list[_Load] = []
         self.excess = 0.0  # small rises not attributed to a load
+        self.rise = self.rise_p = 0.0  # small rises of the envelope in quick succession
+        self.rise_t = -_INF  # the latest of them
         self.floor = _INF  # standby level: the lowest envelope, creeping up slowly
         self.episode: AlertEpisode | None = None
         self.owner: _Load | None = None  # the candidate whose session the episode is
@@ -453,6 +468,7 @@ class EbikeChargingSuspectedRule:
             st.loads = [x for x in st.loads if x is st.owner]
             st.excess = 0.0
             st.prev_env = None
+            st.rise = st.rise_p = 0.0
             st.hist.clear()
             ring.clear()
             ring.append((end, low, low_p, clean))
@@ -492,6 +508,21 @@ class EbikeChargingSuspectedRule:
             self._taper_run(st, delta_p, env_p, jump=st.bin_pjump, at=end, out=out)
         if st.mode == _NON_ACTIVE:
             delta = env - prev
+            if 0.0 < delta < self._min_step_va:
+                # A step the envelope shows over more than one bin (a charger's soft start, a
+                # step late in a bin): small rises in quick succession add up to one step.
+                if end - st.rise_t > _RISE_GAP * self._bin:
+                    st.rise = st.rise_p = 0.0
+                st.rise += delta
+                st.rise_p += delta_p
+                st.rise_t = end
+                if st.rise >= self._min_step_va:
+                    st.excess = max(0.0, st.excess - (st.rise - delta))
+                    delta, delta_p = st.rise, st.rise_p
+                    prev = env - delta
+                    st.rise = st.rise_p = 0.0
+            elif delta != 0.0:
+                st.rise = st.rise_p = 0.0
             if loads or delta >= self._min_step_va:
                 self._step(st, delta, prev, step_w=delta_p, at=end, out=out)
                 if delta < 0.0 and st.loads:
@@ -633,6 +664,11 @@ class EbikeChargingSuspectedRule:
                     load.charger = False
                 if step_w <= 1.5 * cfg.max_step_w:
                     load.step_w = step_w
+                # Small in both real and non-active power: a laptop adapter or a phone (also
+                # CC-CV, without PFC below 75 W), not an e-bike charger (100 W or more at the
+                # wall: a 48 V pack at 1.8 A or more).
+                if step_w < _SMALL_W and delta < _SMALL_VA:
+                    load.charger = False
             st.loads.append(load)
         elif delta > 0:
             st.excess += delta
@@ -760,7 +796,7 @@ class EbikeChargingSuspectedRule:
 
     def _report(self, st: _Meter, load: _Load, at: float, out: list[AlertChange]) -> None:
         """Raise the episode of a newly recognised session. While another session's episode
-        is open, a session that began later hands over: the open episode clears
+        is open, a session whose step showed later hands over: the open episode clears
         (``next_session``) and the new one is raised, so a second battery charged alongside
         the first is reported while it charges, and the flat keeps one open episode."""
         ep, owner = st.episode, st.owner
@@ -769,7 +805,7 @@ class EbikeChargingSuspectedRule:
         elif (
             owner is not None
             and owner is not load
-            and load.start >= owner.start + self._window
+            and load.created >= owner.created + self._bin
             and ep.raised_at.timestamp() < at
         ):
             self._clear(st, owner, at, ENDED_BY_NEXT, out)

@@ -84,6 +84,7 @@ from fleet.sites import compound_of_gateway
 router = APIRouter(tags=["cases"])
 
 _LINE = r"^[^\x00-\x1f\x7f]*$"  # one line of printable text (PostgreSQL refuses NUL)
+_EMAIL = r"^[^@\s\x00-\x1f\x7f]+@[^@\s\x00-\x1f\x7f]+$"  # no control characters either
 _TEXT = r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$"  # printable, newlines and tabs allowed
 
 OfficerUser = Annotated[Principal, Depends(require(Role.OFFICER, Role.ADMIN))]
@@ -667,7 +668,7 @@ class ChannelIn(BaseModel):
     street_office_id: RefId | None = None
     url: str | None = Field(default=None, max_length=2048, pattern=_LINE)
     secret: str | None = Field(default=None, max_length=200, pattern=_LINE)
-    to: list[Annotated[str, Field(max_length=254, pattern=r"^[^@\s]+@[^@\s]+$")]] = Field(
+    to: list[Annotated[str, Field(max_length=254, pattern=_EMAIL)]] = Field(
         default_factory=list, max_length=50
     )
     quiet_start: str | None = Field(default=None, pattern=r"^([01]\d|2[0-3]):[0-5]\d$")

@@ -292,3 +292,91 @@ def test_one_charger_is_one_episode_however_long_its_plateau() -> None:
         Change.RAISED,
         Change.CLEARED,
     ]
+
+
+# -- steps that show over two bins, laptops, batteries plugged in one after the other ----------
+
+
+def soft_start(load: Load, start: float, length: float = 480.0, share: float = 0.45) -> Load:
+    """``load`` drawing only ``share`` of its power for its first ``length`` s (a charger's soft
+    start): the lower envelope shows its step in two rises, each below ``min_step_va``."""
+
+    def wrapped(t: float) -> tuple[float, float]:
+        p, pf = load(t)
+        return (p * share, pf) if 0 <= t - start < length else (p, pf)
+
+    return wrapped
+
+
+def test_a_step_the_envelope_shows_in_two_small_rises_is_one_charger() -> None:
+    # 110 W at PF 0.6 is about 73 VA of non-active power: 33 VA for 8 minutes, then the rest.
+    loads = [
+        *HOUSE,
+        soft_start(charger(hours(19), cc=hours(3), taper=hours(1), watts=110.0), hours(19)),
+    ]
+    changes = run(readings(loads))
+    raises = [c.episode for c in changes if c.change is Change.RAISED]
+    assert len(raises) == 1
+    ev = raises[0].evidence
+    assert ev["recognised_by"] == "non_active_plateau"
+    assert ev["step_non_active_va"] is not None and 60.0 <= float(ev["step_non_active_va"]) <= 90.0
+    assert at(19.9) <= raises[0].raised_at <= at(20.6)
+
+
+def test_a_laptop_charging_for_an_hour_and_a_half_is_not_an_ebike() -> None:
+    # A laptop adapter is CC-CV too, and below 75 W needs no PFC: 80 W at PF 0.6 (53-57 VA),
+    # a plateau of 85 minutes and a 20-minute taper. Too small for an e-bike charger, with
+    # current or without.
+    laptop = charger(hours(20), cc=hours(85 / 60), taper=hours(20 / 60), watts=80.0)
+    assert run(readings([*HOUSE, laptop])) == []
+    assert run(readings([*HOUSE, laptop], current=False)) == []
+
+
+def test_a_second_battery_plugged_in_a_quarter_of_an_hour_later_gets_its_own_episode() -> None:
+    # Two batteries plugged in at 19:00 and 19:15: the envelope shows two steps, so the second
+    # session hands over when it is recognised (the first was recognised a quarter hour before).
+    loads = [
+        *HOUSE,
+        charger(hours(19), cc=hours(4), taper=hours(1.5)),
+        charger(hours(19.25), cc=hours(3), taper=hours(1), watts=200.0, pf=0.62),
+    ]
+    changes = run(readings(loads))
+    raises = [c.episode for c in changes if c.change is Change.RAISED]
+    clears = [c.episode for c in changes if c.change is Change.CLEARED]
+    assert len(raises) == 2
+    assert [ep.id for ep in clears] == [ep.id for ep in raises]
+    first, second = raises
+    assert first.raised_at < second.raised_at <= at(20.8)
+    assert clears[0].evidence["ended_by"] == "next_session"
+    assert (
+        second.evidence["step_w"] is not None and 170.0 <= float(second.evidence["step_w"]) <= 240.0
+    )
+
+
+def test_a_heater_cycling_under_a_charging_plateau_does_not_hide_it() -> None:
+    # The heater (2 kW, 10 minutes on, 5 off) runs for the whole plateau; the charger has no
+    # PFC. Raised on the plateau, once.
+    loads = [*HOUSE, heater(hours(18.5), hours(4)), charger(hours(19), cc=hours(3), taper=hours(1))]
+    changes = run(readings(loads))
+    raises = [c.episode for c in changes if c.change is Change.RAISED]
+    assert len(raises) == 1
+    assert at(19.9) <= raises[0].raised_at <= at(20.6)
+    assert raises[0].evidence["recognised_by"] == "non_active_plateau"
+
+
+def test_a_cooker_burst_and_a_pc_evening_are_nothing() -> None:
+    # A PC (PFC, 150 W at 0.95) on for 4 h with 5 % noise, switched off at once, and an hour of
+    # cooking (2 kW in bursts): no plateau of non-active power, no taper.
+    rng = random.Random(7)
+    noise = [rng.uniform(0.95, 1.05) for _ in range(24 * 60)]
+
+    def pc(t: float) -> tuple[float, float]:
+        on = hours(19) <= t < hours(23)
+        return (150.0 * noise[int(t // 60) % len(noise)], 0.95) if on else (0.0, 1.0)
+
+    def cooker(t: float) -> tuple[float, float]:
+        on = hours(18) <= t < hours(19) and (t % 600.0) < 240.0
+        return (2000.0, 0.98) if on else (0.0, 1.0)
+
+    assert run(readings([*HOUSE, pc, cooker])) == []
+    assert run(readings([*HOUSE, pc, cooker], current=False)) == []
