@@ -4,7 +4,8 @@
 Starts a private Mosquitto (the system one carries other work's traffic), a fresh PostgreSQL
 database, the fleet manager (``--layout split``, the systemd layout: ``fleet-manager serve`` for
 the API and one ``fleet-manager ingest`` worker with the health monitor; ``single``: one
-``serve`` process doing everything), offline after ``3 x --interval`` of silence, and three
+``serve`` process doing everything), offline after ``2.5 x --interval`` of silence (the fleet
+default, 75 s, for 30 s heartbeats), and three
 ``firmware-sim fleet`` processes: the bulk of the fleet, and two groups of ``--victims``
 gateways each that are killed after ``--kill-after`` seconds, one by dropping the TCP
 connection (the broker publishes the will) and one by going silent with the socket left open
@@ -302,7 +303,7 @@ def main() -> None:
     print(f"\nlayout: {args.layout}")
     print(
         f"fleet: {args.gateways} gateways, heartbeat + telemetry every {args.interval:.0f} s, "
-        f"offline after {3 * args.interval:.0f} s of silence; {args.victims} killed per mode"
+        f"offline after {2.5 * args.interval:.0f} s of silence; {args.victims} killed per mode"
     )
     print(
         f"\n{'kill mode':<22} {'detected':>8} {'<=90 s':>6} {'p50 s':>6} {'p95 s':>6} {'max s':>6}"

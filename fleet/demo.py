@@ -63,8 +63,13 @@ def agent_config_from_endpoints(
     state_dir: Path,
     charging_sustain_s: float = DEMO_CHARGING_SUSTAIN_S,
     poll_interval_s: float = 2.0,
+    mqtt5: bool = True,
 ) -> dict[str, Any]:
-    """An edge agent TOML config (as a dict) that reads the simulated building's devices."""
+    """An edge agent TOML config (as a dict) that reads the simulated building's devices.
+
+    ``mqtt5=False`` connects with MQTT 3.1.1 straight away (no will delay), for the embedded
+    broker, which does not speak MQTT 5 and would log the agent's probe as an invalid connect.
+    """
     modbus = endpoints["modbus"]
     reader = endpoints["card_reader"]
     ble = endpoints["ble_feed"]
@@ -75,7 +80,7 @@ def agent_config_from_endpoints(
         "site_key": secrets.token_hex(16),
         "heartbeat_interval_s": 5.0,
         "telemetry_batch_s": 5.0,
-        "mqtt": {"url": mqtt_url, "keepalive_s": 10},
+        "mqtt": {"url": mqtt_url, "keepalive_s": 10, **({} if mqtt5 else {"will_delay_s": 0})},
         "modbus_tcp": [
             {
                 "host": modbus["host"],
@@ -191,6 +196,7 @@ async def run_demo(args: argparse.Namespace) -> int:
         admin_password=args.admin_password,
         webhook_urls=args.webhook_url,
         public_url=base_url,
+        mqtt_protocol="3.1.1",  # the embedded broker speaks MQTT 3.1.1 only
     )
     children: list[tuple[str, asyncio.subprocess.Process]] = []
     stop = asyncio.Event()
@@ -221,6 +227,7 @@ async def run_demo(args: argparse.Namespace) -> int:
                 gateway_id=DEMO_GATEWAY_ID,
                 mqtt_url=mqtt_url,
                 state_dir=data_dir / "agent-state",
+                mqtt5=False,
             )
             cfg_path = data_dir / "edge-agent.toml"
             cfg_path.write_text(tomli_w.dumps(agent_cfg))
