@@ -8,18 +8,17 @@ import json
 import stat
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 from contract.control import DesiredConfig, EnrollResponse, config_hash
 from edge_agent.desired import load_effective_config
 from tests.conftest import free_port
+from tests.support.webhook import post_server
 
 PASSWORD = "broker-pass-Zq81xx"
 SITE_KEY = "ab" * 32
@@ -38,31 +37,14 @@ class FleetStub:
 def fleet_stub() -> Iterator[FleetStub]:
     state = FleetStub()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-            state.requests.append({"path": self.path, "json": json.loads(body)})
-            status, answer = state.script.pop(0)
-            data = json.dumps(answer).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def answer(path: str, headers: dict[str, str], body: bytes) -> tuple[int, bytes]:
+        state.requests.append({"path": path, "json": json.loads(body)})
+        status, reply = state.script.pop(0)
+        return status, json.dumps(reply).encode()
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with post_server(answer) as base:
+        state.url = base
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 def enrollment(gw: str, *, with_config: bool = True) -> dict[str, Any]:

@@ -13,14 +13,12 @@ import base64
 import hashlib
 import hmac
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from email import message_from_bytes
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -36,7 +34,7 @@ from fleet.store import apply_uplink
 from tests.conftest import BrokerEndpoint, free_port
 from tests.fleet.helpers import T0, alert, eventually, make_settings
 from tests.fleet.test_lifecycle import seed_site
-from tests.support.webhook import webhook_receiver
+from tests.support.webhook import post_server, webhook_receiver
 
 DING_SECRET = "SECtest0123456789abcdef"
 HOOK_SECRET = "channel-hook-secret-0123"
@@ -52,38 +50,20 @@ class Robot:
 
 @contextmanager
 def robot_endpoint(path: str) -> Iterator[Robot]:
+    """A WeCom / DingTalk robot: HTTP 200 with ``errcode`` in the JSON (non-zero: refused)."""
     state = Robot(url="")
-    lock = threading.Lock()
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:
-            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-            with lock:
-                code = state.errcodes.pop(0) if state.errcodes else 0
-                if code == 0:
-                    state.bodies.append(body)
-                    state.queries.append(parse_qs(urlsplit(self.path).query))
-            answer = json.dumps({"errcode": code, "errmsg": "ok" if code == 0 else "too fast"})
-            data = answer.encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def answer(request_path: str, headers: dict[str, str], raw: bytes) -> tuple[int, bytes]:
+        code = state.errcodes.pop(0) if state.errcodes else 0
+        if code == 0:
+            state.bodies.append(json.loads(raw))
+            state.queries.append(parse_qs(urlsplit(request_path).query))
+        reply = {"errcode": code, "errmsg": "ok" if code == 0 else "too fast"}
+        return 200, json.dumps(reply).encode()
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    state.url = f"http://127.0.0.1:{server.server_address[1]}{path}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with post_server(answer) as base:
+        state.url = f"{base}{path}"
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
 
 
 class Mailbox:
