@@ -29,15 +29,93 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 import httpx
+import sqlalchemy as sa
 import tomli_w
 
+from fleet.accounts import create_user
+from fleet.audit import CLI_ACTOR
 from fleet.broker import embedded_broker
+from fleet.db import make_engine, make_sessionmaker, utcnow
+from fleet.models import Building, Compound, District, Entrance, Flat, Gateway, Role, StreetOffice
 
 log = logging.getLogger(__name__)
 
 DEMO_GATEWAY_ID = "gw-demo-01"
 DISPLAY_TZ = ZoneInfo("Asia/Shanghai")
 DEMO_CHARGING_SUSTAIN_S = 10.0
+DEMO_COMPOUND_CODE = "demo"
+# Users of the other three roles, so each role's pages can be seen (docs/web.md).
+DEMO_USERS = (("officer", Role.OFFICER), ("property", Role.PROPERTY), ("installer", Role.INSTALLER))
+DEMO_USER_PASSWORD = "demo-pass"  # noqa: S105 - demo-only, printed at start like admin/admin
+
+
+def seed_demo_register(database_url: str, site: dict[str, Any], gateway_id: str) -> None:
+    """The demo building in the site register (district to flats), its gateway mapped to the
+    entrance, and one user per role scoped to the compound. Skipped when already there (a demo
+    restarted over the same data directory)."""
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine)() as session, session.begin():
+            if (
+                session.scalar(sa.select(Compound.id).where(Compound.code == DEMO_COMPOUND_CODE))
+                is not None
+            ):
+                return
+            district = District(name="演示区")
+            session.add(district)
+            session.flush()
+            office = StreetOffice(district_id=district.id, name="演示街道平安办")
+            session.add(office)
+            session.flush()
+            compound = Compound(
+                street_office_id=office.id, name="演示小区", code=DEMO_COMPOUND_CODE
+            )
+            session.add(compound)
+            session.flush()
+            buildings: dict[str, tuple[int, int]] = {}
+            for unit in site["units"]:
+                name = str(unit.get("building") or unit["unit_id"].split("-")[0])
+                if name not in buildings:
+                    building = Building(compound_id=compound.id, name=f"{name}号楼")
+                    session.add(building)
+                    session.flush()
+                    entrance = Entrance(building_id=building.id, name="1单元")
+                    session.add(entrance)
+                    session.flush()
+                    buildings[name] = (building.id, entrance.id)
+                building_id, entrance_id = buildings[name]
+                room = unit["unit_id"].split("-")[-1]
+                session.add(
+                    Flat(
+                        building_id=building_id,
+                        entrance_id=entrance_id,
+                        unit_id=unit["unit_id"],
+                        floor=int(room[:-2]) if room[:-2].isdigit() else None,
+                        area_m2=unit.get("floor_area_m2"),
+                        rooms=unit.get("rooms"),
+                        registered_occupants=unit.get("registered_occupants"),
+                        rated_current_a=unit.get("rated_current_a"),
+                    )
+                )
+            first_entrance = next(iter(buildings.values()))[1]
+            gateway = session.get(Gateway, gateway_id)
+            if gateway is None:
+                session.add(
+                    Gateway(gateway_id=gateway_id, entrance_id=first_entrance, first_seen=utcnow())
+                )
+            else:
+                gateway.entrance_id = first_entrance
+            for username, role in DEMO_USERS:
+                create_user(
+                    session,
+                    CLI_ACTOR,
+                    username=username,
+                    password=DEMO_USER_PASSWORD,
+                    role=role,
+                    compounds=[compound.id],
+                )
+    finally:
+        engine.dispose()
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -222,6 +300,9 @@ async def run_demo(args: argparse.Namespace) -> int:
             children.append(("firmware-sim", sim))
             await _wait_for_file(endpoints_file, sim, timeout=30)
             endpoints = json.loads(endpoints_file.read_text())
+            await asyncio.to_thread(
+                seed_demo_register, settings.database_url, endpoints["site"], DEMO_GATEWAY_ID
+            )
             agent_cfg = agent_config_from_endpoints(
                 endpoints,
                 gateway_id=DEMO_GATEWAY_ID,
@@ -245,7 +326,9 @@ async def run_demo(args: argparse.Namespace) -> int:
                         "",
                         "群租与电动车充电隐患监测 — demo is running",
                         f"  Dashboard:  {base_url}/",
-                        f"  Login:      {settings.admin_username} / {password}",
+                        f"  Login:      {settings.admin_username} / {password}; "
+                        + ", ".join(f"{u}" for u, _ in DEMO_USERS)
+                        + f" / {DEMO_USER_PASSWORD}",
                         f"  API:        {base_url}/docs",
                         f"  Data/logs:  {data_dir}",
                         f"  Scenario:   flat 1-201 starts charging an e-bike after "
