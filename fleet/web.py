@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 import segno
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Form, Query, Request, status
+from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, status
 from fastapi import Path as Path_
 from fastapi.responses import (
     FileResponse,
@@ -33,6 +33,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from contract.alerts import AlertKind, Category
+from fleet.api.cases import read_flat_file
 from fleet.api.deps import (
     COOKIE_NAME,
     Principal,
@@ -42,6 +43,7 @@ from fleet.api.deps import (
     scope_filter,
     web_user,
 )
+from fleet.api.types import IdPath
 from fleet.auth import authenticate, create_access_token
 from fleet.db import utcnow
 from fleet.lifecycle import (
@@ -59,7 +61,17 @@ from fleet.lifecycle import (
     timeline,
     transition,
 )
-from fleet.models import Alert, Building, CardSwipe, Compound, Entrance, Gateway, MeterReading, Role
+from fleet.models import (
+    Alert,
+    Building,
+    CardSwipe,
+    Compound,
+    Entrance,
+    Flat,
+    Gateway,
+    MeterReading,
+    Role,
+)
 from fleet.provisioning import (
     Provisioner,
     ProvisioningError,
@@ -68,6 +80,7 @@ from fleet.provisioning import (
     normalize_code,
 )
 from fleet.queries import alert_deliveries, gateway_online, get_alert
+from fleet.risk import flat_risk
 from fleet.settings import Settings
 from fleet.sites import alert_compound, compound_of_alert, compound_of_gateway
 from fleet.texts import (
@@ -372,6 +385,62 @@ def swipe_chart(session: Session, alert: Alert) -> dict[str, Any] | None:
     }
 
 
+# -- building view and flat file --------------------------------------------------------------
+
+# A case still open on a flat: not closed, and not found to be a false alarm.
+OPEN_EXCLUDED = ("closed", "false_alarm")
+RISK_LEVELS = ("high", "medium", "low")
+SCOPED_BUILDINGS = 200  # buildings listed on the home page
+
+
+def scoped_buildings(session: Session, user: Principal) -> list[dict[str, Any]]:
+    """The buildings of the user's compounds, for links to the building view."""
+    stmt = scope_filter(
+        sa.select(Building.id, Compound.name, Building.name).join(
+            Compound, Compound.id == Building.compound_id
+        ),
+        user,
+        Building.compound_id,
+    ).order_by(Compound.name, Building.name, Building.id)
+    return [
+        {"id": row[0], "compound": row[1], "name": row[2]}
+        for row in session.execute(stmt.limit(SCOPED_BUILDINGS))
+    ]
+
+
+def building_floors(session: Session, building_id: int, now: datetime) -> list[dict[str, Any]]:
+    """The building's flats as rows by floor (top floor first, unrecorded floor last), each
+    flat with its risk level (``fleet.risk.flat_risk``, as GET /api/risk/flats) and its open
+    alerts counted by kind."""
+    flats = session.scalars(sa.select(Flat).where(Flat.building_id == building_id)).all()
+    open_by_flat: dict[int, dict[str, int]] = {}
+    if flats:
+        rows = session.execute(
+            sa.select(Alert.flat_id, Alert.kind, sa.func.count())
+            .where(
+                Alert.flat_id.in_([f.id for f in flats]),
+                Alert.status.not_in(OPEN_EXCLUDED),
+            )
+            .group_by(Alert.flat_id, Alert.kind)
+        ).all()
+        for flat_id, kind, count in rows:
+            if flat_id is not None:
+                open_by_flat.setdefault(flat_id, {})[kind] = int(count)
+    floors: dict[int | None, list[dict[str, Any]]] = {}
+    for flat in sorted(flats, key=lambda f: (f.unit_id, f.id)):
+        kinds = open_by_flat.get(flat.id, {})
+        floors.setdefault(flat.floor, []).append(
+            {
+                "flat": flat,
+                "risk": flat_risk(session, flat.id, now).level,
+                "open": sum(kinds.values()),
+                "kinds": sorted(kinds.items()),
+            }
+        )
+    order = sorted((f for f in floors if f is not None), reverse=True)
+    return [{"floor": f, "flats": floors[f]} for f in [*order, *([None] if None in floors else [])]]
+
+
 # Who may take lifecycle steps (fleet.lifecycle.ACTOR_ROLES); others see the timeline only.
 ACTION_ROLES = frozenset({"officer", "admin"})
 ACTION_ERRORS = ("wrong_state", "bad_input")
@@ -537,6 +606,7 @@ def make_router(settings: Settings) -> APIRouter:
                 "gateways": gateways,
                 "alerts": alerts,
                 "alerts_total": total,
+                "buildings": scoped_buildings(session, user),
             },
         )
 
@@ -1000,5 +1070,76 @@ def make_router(settings: Settings) -> APIRouter:
             return _back_with(page, "bad_input")
         runtime.forward_wake.set()
         return RedirectResponse(page, status.HTTP_303_SEE_OTHER)
+
+    def missing(request: Request, lang: Lang, user: Principal, forbidden: bool) -> HTMLResponse:
+        """403 for another compound's building or flat (nothing of it shown), 404 if unknown."""
+        if forbidden:
+            return render(
+                request, "forbidden.html", lang, {"user": user}, status.HTTP_403_FORBIDDEN
+            )
+        return render(request, "notfound.html", lang, {"user": user}, status.HTTP_404_NOT_FOUND)
+
+    @router.get("/buildings/{building_id}")
+    def building_page(
+        request: Request,
+        session: SessionDep,
+        *,
+        user: PageUser,
+        building_id: IdPath,
+        lang: str | None = None,
+    ) -> Response:
+        """The building's flats as a grid by floor, colored by risk, open alerts marked."""
+        chosen = pick_lang(lang)
+        if user is None:
+            return to_login(request, chosen)
+        row = session.execute(
+            sa.select(Building, Compound)
+            .join(Compound, Compound.id == Building.compound_id)
+            .where(Building.id == building_id)
+        ).first()
+        if row is None or not user.sees(row[1].id):
+            return missing(request, chosen, user, forbidden=row is not None)
+        building, compound = row
+        floors = building_floors(session, building.id, utcnow())
+        return render(
+            request,
+            "building.html",
+            chosen,
+            {
+                "user": user,
+                "building": building,
+                "compound": compound,
+                "floors": floors,
+                "levels": RISK_LEVELS,
+                "width": max((len(f["flats"]) for f in floors), default=0),
+            },
+        )
+
+    @router.get("/flats/{flat_id}")
+    def flat_page(
+        request: Request,
+        session: SessionDep,
+        *,
+        user: PageUser,
+        flat_id: IdPath,
+        lang: str | None = None,
+    ) -> Response:
+        """一户一档: the same service as GET /api/flats/{flat_id}/file, as a page."""
+        chosen = pick_lang(lang)
+        if user is None:
+            return to_login(request, chosen)
+        try:
+            file = read_flat_file(session, user, flat_id)
+        except HTTPException as exc:
+            return missing(
+                request, chosen, user, forbidden=exc.status_code == status.HTTP_403_FORBIDDEN
+            )
+        flat = session.get(Flat, flat_id)
+        return render(
+            request,
+            "flat.html",
+            chosen,
+            {"user": user, "file": file, "flat": flat},
+        )
 
     return router
