@@ -22,7 +22,7 @@ import tomli_w
 
 from fleet.demo import agent_config_from_endpoints
 from tests.conftest import BrokerEndpoint, free_port, wait_for_port
-from tests.support.procs import child, wait_until
+from tests.support.procs import E2E_ADMIN_PASSWORD, child, fleet_serve_env, wait_until
 from tests.support.webhook import Received, webhook_receiver
 
 pytestmark = pytest.mark.e2e
@@ -31,7 +31,7 @@ WEBHOOK_SECRET = "e2e-webhook-secret-0123456789"
 
 
 def _token(base: str) -> str:
-    r = httpx.post(f"{base}/api/auth/token", data={"username": "admin", "password": "e2e-pass-123"})
+    r = httpx.post(f"{base}/api/auth/token", data={"username": "admin", "password": E2E_ADMIN_PASSWORD})
     r.raise_for_status()
     return str(r.json()["access_token"])
 
@@ -53,16 +53,13 @@ def test_charging_ebike_becomes_alert_at_street_office(
     http_port = free_port()
     base = f"http://127.0.0.1:{http_port}"
     with webhook_receiver() as hook:
-        fleet_env = {
-            "FLEET_DATABASE_URL": database_url,
-            "FLEET_MQTT_URL": mqtt_broker.url,
-            "FLEET_HTTP_PORT": str(http_port),
-            "FLEET_SECRET_KEY": "e2e-secret-key-that-is-long-enough-0123456789",
-            "FLEET_ADMIN_PASSWORD": "e2e-pass-123",
-            "FLEET_WEBHOOK_URLS": hook.url,
-            "FLEET_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "FLEET_PUBLIC_URL": base,
-        }
+        fleet_env = fleet_serve_env(
+            database_url=database_url,
+            mqtt_url=mqtt_broker.url,
+            http_port=http_port,
+            webhook_url=hook.url,
+            webhook_secret=WEBHOOK_SECRET,
+        )
         endpoints_file = tmp_path / "building.json"
         with (
             child(["fleet", "serve"], tmp_path / "fleet.log", fleet_env),

@@ -25,7 +25,7 @@ from fleet.demo import agent_config_from_endpoints
 from fleet.reports import HEADER_ROW
 from tests.conftest import BrokerEndpoint, free_port, wait_for_port
 from tests.fleet.test_lifecycle import PASSWORD, PNG, seed_site
-from tests.support.procs import child, wait_until
+from tests.support.procs import child, fleet_serve_env, wait_until
 from tests.support.webhook import Received, webhook_receiver
 
 pytestmark = pytest.mark.e2e
@@ -40,16 +40,13 @@ def test_scenario_alert_worked_by_officer_and_counted_in_the_xlsx(
     http_port = free_port()
     base = f"http://127.0.0.1:{http_port}"
     with webhook_receiver() as hook:
-        fleet_env = {
-            "FLEET_DATABASE_URL": database_url,
-            "FLEET_MQTT_URL": mqtt_broker.url,
-            "FLEET_HTTP_PORT": str(http_port),
-            "FLEET_SECRET_KEY": "e2e-secret-key-that-is-long-enough-0123456789",
-            "FLEET_ADMIN_PASSWORD": "e2e-pass-123",
-            "FLEET_WEBHOOK_URLS": hook.url,
-            "FLEET_WEBHOOK_SECRET": WEBHOOK_SECRET,
-            "FLEET_PUBLIC_URL": base,
-        }
+        fleet_env = fleet_serve_env(
+            database_url=database_url,
+            mqtt_url=mqtt_broker.url,
+            http_port=http_port,
+            webhook_url=hook.url,
+            webhook_secret=WEBHOOK_SECRET,
+        )
         endpoints_file = tmp_path / "building.json"
         with child(["fleet", "serve"], tmp_path / "fleet.log", fleet_env):
             assert wait_for_port("127.0.0.1", http_port, timeout=60), (

@@ -53,3 +53,23 @@ def wait_until(
             return result
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc})")
+
+
+E2E_ADMIN_PASSWORD = "e2e-pass-123"
+
+
+def fleet_serve_env(
+    *, database_url: str, mqtt_url: str, http_port: int, webhook_url: str, webhook_secret: str
+) -> dict[str, str]:
+    """The environment of a ``fleet serve`` child in the end-to-end tests: its database and
+    broker, an HTTP port, one webhook, and the admin password ``E2E_ADMIN_PASSWORD``."""
+    return {
+        "FLEET_DATABASE_URL": database_url,
+        "FLEET_MQTT_URL": mqtt_url,
+        "FLEET_HTTP_PORT": str(http_port),
+        "FLEET_SECRET_KEY": "e2e-secret-key-that-is-long-enough-0123456789",
+        "FLEET_ADMIN_PASSWORD": E2E_ADMIN_PASSWORD,
+        "FLEET_WEBHOOK_URLS": webhook_url,
+        "FLEET_WEBHOOK_SECRET": webhook_secret,
+        "FLEET_PUBLIC_URL": f"http://127.0.0.1:{http_port}",
+    }
