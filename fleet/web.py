@@ -94,6 +94,7 @@ from fleet.texts import (
     kind_title,
     pick_lang,
 )
+from fleet.web_kit import PageKit, PageModule
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 STATIC_DIR = Path(__file__).parent / "static"
@@ -102,6 +103,8 @@ PAGE_SIZE = 50  # rows per page of the inbox and the fleet-health list (server-s
 STREAM_POLL_S = 1.0  # how often the live inbox looks for new alerts
 STREAM_KEEPALIVE_S = 15.0
 STATIC_FILES = {"web.js": "text/javascript", "web.css": "text/css"}
+# Page modules with their own routes (each has register(router, kit)); see fleet/web_kit.py.
+PAGE_MODULES: tuple[PageModule, ...] = ()
 
 
 def _pager(request: Request, page: int, total: int) -> dict[str, Any]:
@@ -523,6 +526,16 @@ def make_router(settings: Settings) -> APIRouter:
     def to_login(request: Request, lang: Lang) -> RedirectResponse:
         query = {"next": request.url.path} | ({"lang": lang} if lang != "zh" else {})
         return RedirectResponse(f"/login?{urlencode(query)}", status.HTTP_303_SEE_OTHER)
+
+    def missing(request: Request, lang: Lang, user: Principal, forbidden: bool) -> HTMLResponse:
+        """403 for another compound's building or flat (nothing of it shown), 404 if unknown."""
+        if forbidden:
+            return render(
+                request, "forbidden.html", lang, {"user": user}, status.HTTP_403_FORBIDDEN
+            )
+        return render(request, "notfound.html", lang, {"user": user}, status.HTTP_404_NOT_FOUND)
+
+    kit = PageKit(settings=settings, render=render, to_login=to_login, missing=missing)
 
     @router.get("/login")
     def login_form(request: Request, lang: str | None = None, next: str | None = None) -> Response:
@@ -1071,14 +1084,6 @@ def make_router(settings: Settings) -> APIRouter:
         runtime.forward_wake.set()
         return RedirectResponse(page, status.HTTP_303_SEE_OTHER)
 
-    def missing(request: Request, lang: Lang, user: Principal, forbidden: bool) -> HTMLResponse:
-        """403 for another compound's building or flat (nothing of it shown), 404 if unknown."""
-        if forbidden:
-            return render(
-                request, "forbidden.html", lang, {"user": user}, status.HTTP_403_FORBIDDEN
-            )
-        return render(request, "notfound.html", lang, {"user": user}, status.HTTP_404_NOT_FOUND)
-
     @router.get("/buildings/{building_id}")
     def building_page(
         request: Request,
@@ -1142,4 +1147,6 @@ def make_router(settings: Settings) -> APIRouter:
             {"user": user, "file": file, "flat": flat},
         )
 
+    for module in PAGE_MODULES:
+        module.register(router, kit)
     return router

@@ -1,0 +1,45 @@
+"""What a page module needs from the page router: rendering, the login redirect, 403/404 pages.
+
+``fleet.web.make_router`` builds one :class:`PageKit` and hands it to every module listed in
+``fleet.web.PAGE_MODULES``; each such module defines ``register(router, kit)`` and adds its page
+routes there. Page modules import this module, never ``fleet.web`` (no import cycle).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from fastapi import APIRouter, Request
+from fastapi.responses import HTMLResponse, RedirectResponse
+
+from fleet.api.deps import Principal
+from fleet.settings import Settings
+from fleet.texts import Lang
+
+
+class Render(Protocol):
+    def __call__(
+        self,
+        request: Request,
+        name: str,
+        lang: Lang,
+        context: dict[str, Any],
+        status_code: int = 200,
+    ) -> HTMLResponse: ...
+
+
+@dataclass(frozen=True, slots=True)
+class PageKit:
+    settings: Settings
+    render: Render
+    """Render a template of ``fleet/templates`` with the shared context (t, link, labels...)."""
+    to_login: Callable[[Request, Lang], RedirectResponse]
+    """The redirect to the sign-in page that comes back to the current path."""
+    missing: Callable[[Request, Lang, Principal, bool], HTMLResponse]
+    """403 page when the last argument is True (exists, other compound), else 404 page."""
+
+
+class PageModule(Protocol):
+    def register(self, router: APIRouter, kit: PageKit) -> None: ...
