@@ -678,6 +678,9 @@ class ConfigPublisher:
             if time.monotonic() >= next_sweep:
                 self.request(sweep=True)
                 next_sweep = time.monotonic() + self._settings.config_sweep_s
+            # Cleared before the round: a commit that lands while the round runs sets it again
+            # and is published at once, not after the retry delay.
+            self._wake.clear()
             try:
                 await self._round()
                 backoff.reset()
@@ -685,7 +688,7 @@ class ConfigPublisher:
             except (aiomqtt.MqttError, sa.exc.SQLAlchemyError, OSError) as exc:
                 delay = backoff.next_delay()
                 log.warning("desired config publishing failed (%s); retrying in %.1f s", exc, delay)
-            self._wake.clear()
+                self._wake.clear()  # the failed work is queued again; wait out the backoff
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(min(delay, max(0.0, next_sweep - time.monotonic()))):
                     await self._wake.wait()

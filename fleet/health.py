@@ -18,6 +18,10 @@ Each timeout records one notification for the property company (物业) per gate
 same key a last will uses, so a will and a timeout of one session notify once). Devices of an
 offline gateway are shown as unknown, not each as a fault. Recording works in several processes
 at once: the update is conditional and notification keys are unique.
+
+Once an hour the monitor also forgets applied message ids older than
+``FLEET_DEDUPE_RETENTION_DAYS`` and heartbeat history older than
+``FLEET_HEARTBEAT_RETENTION_DAYS``.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from fleet.db import utcnow
 from fleet.dbthreads import DbThreads
-from fleet.models import Gateway, HealthNotification, UplinkMessage
+from fleet.models import Gateway, GatewayHeartbeat, HealthNotification, UplinkMessage
 from fleet.settings import Settings
 from fleet.store import PROPERTY, gateway_offline_key, insert_ignoring_duplicates
 
@@ -98,6 +102,15 @@ def prune_message_ids(sessions: sessionmaker[Session], now: datetime, days: floa
     return int(getattr(result, "rowcount", 0) or 0)
 
 
+def prune_heartbeats(sessions: sessionmaker[Session], now: datetime, days: float) -> int:
+    """Drop heartbeat history older than ``days`` (the gateway page charts the last day)."""
+    with sessions() as session, session.begin():
+        result = session.execute(
+            sa.delete(GatewayHeartbeat).where(GatewayHeartbeat.ts < now - timedelta(days=days))
+        )
+    return int(getattr(result, "rowcount", 0) or 0)
+
+
 class HealthMonitor:
     """Times out silent gateways while ``stats`` (the ingest worker's) says it is listening."""
 
@@ -134,9 +147,7 @@ class HealthMonitor:
             now = utcnow()
             try:
                 if self.timeouts_active(now):
-                    gone = await self._db.run(
-                        sweep, self._sessions, now, s.gateway_offline_after_s
-                    )
+                    gone = await self._db.run(sweep, self._sessions, now, s.gateway_offline_after_s)
                     if gone:
                         self.timed_out += len(gone)
                         log.info(
@@ -149,6 +160,9 @@ class HealthMonitor:
                     last_prune = loop.time()
                     await self._db.run(
                         prune_message_ids, self._sessions, now, s.dedupe_retention_days
+                    )
+                    await self._db.run(
+                        prune_heartbeats, self._sessions, now, s.heartbeat_retention_days
                     )
             except sa.exc.SQLAlchemyError as exc:
                 log.warning("health sweep failed: %s", str(exc).splitlines()[0][:300])

@@ -134,6 +134,9 @@ class AuditEntry(Base):
     compound_id: Mapped[int | None] = mapped_column(sa.BigInteger, index=True)
     summary: Mapped[dict[str, Any]]
 
+    # The timeline of an alert or a flat reads its entries by entity.
+    __table_args__ = (sa.Index("ix_audit_log_entity", "entity", "entity_id"),)
+
 
 class District(Base):
     """区: the top of the site register."""
@@ -329,6 +332,11 @@ class CardSwipe(Base):
     unit_id: Mapped[str | None] = mapped_column(sa.String(ID_LEN))
     event_ts: Mapped[datetime]
     received_at: Mapped[datetime]
+
+    # The swipes-per-day chart and the flat page read one flat's swipes over a period.
+    __table_args__ = (
+        sa.Index("ix_card_swipes_gateway_unit_ts", "gateway_id", "unit_id", "event_ts"),
+    )
 
 
 class ChargingEvent(Base):
@@ -763,6 +771,33 @@ class DeviceHealth(Base):
     device_last_seen: Mapped[datetime | None]
     reported_at: Mapped[datetime | None]  # ts of the heartbeat that said so
     counters: Mapped[dict[str, Any]]
+
+
+class GatewayHeartbeat(Base):
+    """One heartbeat of a gateway, kept for the gateway page's charts (outbox depth, load,
+    memory) and pruned after ``FLEET_HEARTBEAT_RETENTION_DAYS``. Keyed by gateway and the
+    heartbeat's own ``ts``, so a redelivered heartbeat is stored once."""
+
+    __tablename__ = "gateway_heartbeats"
+
+    gateway_id: Mapped[str] = mapped_column(
+        sa.String(ID_LEN),
+        sa.ForeignKey("gateways.gateway_id", ondelete="CASCADE"),
+        primary_key=True,
+    )
+    ts: Mapped[datetime] = mapped_column(primary_key=True, index=True)
+    session: Mapped[int] = mapped_column(sa.BigInteger)
+    outbox_depth: Mapped[int] = mapped_column(sa.BigInteger)
+    outbox_oldest_age_s: Mapped[float | None]
+    load_1m: Mapped[float | None]
+    mem_available_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    mem_rss_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    disk_free_bytes: Mapped[int | None] = mapped_column(sa.BigInteger)
+    cpu_temp_c: Mapped[float | None]
+    devices_total: Mapped[int]
+    devices_online: Mapped[int]
+    devices_faulty: Mapped[int]
+    config_version: Mapped[int | None] = mapped_column(sa.BigInteger)
 
 
 class HealthNotification(Base):

@@ -106,6 +106,12 @@ class Settings(DatabaseSettings):
     )
     health_sweep_s: float = Field(default=5.0, gt=0)
     dedupe_retention_days: float = Field(default=14.0, gt=0)
+    heartbeat_retention_days: float = Field(
+        default=7.0,
+        gt=0,
+        description="How long each gateway's heartbeat history (the gateway page's charts) "
+        "is kept.",
+    )
     ingest_stats_interval_s: float = Field(default=5.0, gt=0)
     public_url: str | None = None
     display_timezone: str = "Asia/Shanghai"

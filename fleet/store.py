@@ -54,6 +54,7 @@ from fleet.models import (
     CardSwipe,
     DeviceHealth,
     Gateway,
+    GatewayHeartbeat,
     GatewaySession,
     HealthNotification,
     MeterReading,
@@ -242,6 +243,7 @@ def apply_batch(
     charging: list[dict[str, Any]] = []
     births: list[Received] = []
     heartbeats: dict[str, Received] = {}
+    history: list[dict[str, Any]] = []
     for item in fresh:
         message, now = item.message, item.received_at
         outcome.stored[message_kind(message)] += 1
@@ -257,6 +259,7 @@ def apply_batch(
             case Birth():
                 births.append(item)
             case Heartbeat():
+                history.append(_heartbeat_row(message))
                 newest = heartbeats.get(message.gw)
                 if newest is None or message.ts >= newest.message.ts:
                     heartbeats[message.gw] = item
@@ -268,6 +271,7 @@ def apply_batch(
 
     _store_sessions(session, gateways, sessions)
     _bulk_insert(session, MeterReading, readings, ["gateway_id", "meter_id", "ts"])
+    _bulk_insert(session, GatewayHeartbeat, history, ["gateway_id", "ts"])
     if swipes:
         session.execute(insert_ignoring_duplicates(session, CardSwipe, ["message_id"]), swipes)
     if charging:
@@ -495,6 +499,28 @@ def _reading_rows(message: MeterTelemetry) -> list[dict[str, Any]]:
         }
         for r in message.readings
     ]
+
+
+def _heartbeat_row(message: Heartbeat) -> dict[str, Any]:
+    """The heartbeat as a row of the gateway's history (every heartbeat, backlog ones too:
+    their ``ts`` places them in the chart)."""
+    devices = message.devices.values()
+    return {
+        "gateway_id": message.gw,
+        "ts": message.ts,
+        "session": message.session,
+        "outbox_depth": message.outbox_depth,
+        "outbox_oldest_age_s": message.outbox_oldest_age_s,
+        "load_1m": message.load_avg[0] if message.load_avg else None,
+        "mem_available_bytes": message.mem_available_bytes,
+        "mem_rss_bytes": message.mem_rss_bytes,
+        "disk_free_bytes": message.disk_free_bytes,
+        "cpu_temp_c": message.cpu_temp_c,
+        "devices_total": len(message.devices),
+        "devices_online": sum(1 for d in devices if d.online),
+        "devices_faulty": sum(1 for d in devices if d.fault),
+        "config_version": message.config_version,
+    }
 
 
 def _swipe_row(message: CardSwipeEvent, now: datetime) -> dict[str, Any]:
