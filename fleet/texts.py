@@ -162,6 +162,126 @@ LABELS: dict[str, dict[Lang, str]] = {
     "no": {"zh": "否", "en": "no"},
     "flat_alerts": {"zh": "告警记录", "en": "Alerts"},
     "page_not_found": {"zh": "未找到该页面", "en": "No such page"},
+    # gateway page and installer's device check (fleet/web_fleet.py)
+    "devices_trouble": {"zh": "设备故障或无应答", "en": "Devices faulty or silent"},
+    "config_version": {"zh": "配置版本（运行/下发）", "en": "Config (applied / desired)"},
+    "config_desired": {"zh": "下发配置版本", "en": "Desired config version"},
+    "config_applied": {"zh": "运行配置版本", "en": "Applied config version"},
+    "config_in_step": {"zh": "已生效", "en": "applied"},
+    "config_pending": {"zh": "等待网关应用", "en": "waiting for the gateway"},
+    "config_not_published": {"zh": "尚未推送", "en": "not yet sent"},
+    "gateway_page": {"zh": "网关详情", "en": "Gateway"},
+    "open_gateway": {"zh": "查看网关详情", "en": "Open the gateway"},
+    "location": {"zh": "位置", "en": "Location"},
+    "last_heartbeat": {"zh": "最近心跳", "en": "Last heartbeat"},
+    "session_no": {"zh": "会话 / 丢失消息", "en": "Session / messages missing"},
+    "outbox_oldest": {"zh": "最早积压（秒）", "en": "Oldest queued (s)"},
+    "load_1m": {"zh": "负载（1分钟）", "en": "Load (1 min)"},
+    "mem_available": {"zh": "可用内存（MB）", "en": "Memory available (MB)"},
+    "disk_free": {"zh": "剩余存储（MB）", "en": "Disk free (MB)"},
+    "cpu_temp": {"zh": "CPU 温度（℃）", "en": "CPU temperature (°C)"},
+    "history_24h": {"zh": "最近24小时心跳记录", "en": "Heartbeats, last 24 hours"},
+    "chart_outbox": {"zh": "待上传积压（条）", "en": "Outbox backlog (messages)"},
+    "chart_outbox_desc": {
+        "zh": "每次心跳报告的待上传消息数；断线处为网关无心跳",
+        "en": "Messages waiting to be sent, per heartbeat; gaps: no heartbeat",
+    },
+    "chart_load": {"zh": "系统负载（1分钟平均）", "en": "System load (1-minute average)"},
+    "chart_memory": {"zh": "可用内存（MB）", "en": "Memory available (MB)"},
+    "no_heartbeats": {
+        "zh": "最近24小时没有心跳记录",
+        "en": "No heartbeats in the last 24 hours",
+    },
+    "devices": {"zh": "设备", "en": "Devices"},
+    "device_kind": {"zh": "类型", "en": "Kind"},
+    "meter_address": {"zh": "表地址", "en": "Address"},
+    "device_state": {"zh": "应答", "en": "Answer"},
+    "device_last_seen": {"zh": "最近应答", "en": "Last answer"},
+    "fault": {"zh": "故障", "en": "Fault"},
+    "mapped_flat": {"zh": "对应房屋", "en": "Flat"},
+    "change_flat": {"zh": "改为房屋", "en": "Map to flat"},
+    "no_flat": {"zh": "（不对应房屋）", "en": "(no flat)"},
+    "save_mapping": {"zh": "保存并下发", "en": "Save and push"},
+    "not_in_register": {"zh": "未登记", "en": "not in register"},
+    "not_yet_mapped": {"zh": "待绑定到本网关", "en": "will be mapped to this gateway"},
+    "mapping_saved": {
+        "zh": "已保存 {device} 的房屋对应关系，新配置正在下发",
+        "en": "Mapping of {device} saved; the new config is being pushed",
+    },
+    "mapping_forbidden": {"zh": "无权修改设备对应关系", "en": "You may not change mappings"},
+    "mapping_invalid": {
+        "zh": "该设备或房屋不属于本网关，未保存",
+        "en": "That device or flat does not belong here; nothing saved",
+    },
+    "mapping_conflict": {
+        "zh": "与已有记录冲突，未保存",
+        "en": "Conflicts with an existing record; nothing saved",
+    },
+    "check_devices": {"zh": "设备应答检查", "en": "Device check"},
+    "check_devices_hint": {
+        "zh": "网关上线后，每台设备的应答会自动刷新。",
+        "en": "Once the gateway is online, each device's answer updates by itself.",
+    },
+    "no_devices": {"zh": "该单元还没有登记设备", "en": "No devices registered here"},
+    # officer pages (fleet/web_officer.py): inbox filters, comments and photos, reports
+    "recurring": {"zh": "回潮", "en": "Recurring"},
+    "recurring_only": {"zh": "仅回潮", "en": "Recurring only"},
+    "not_recurring": {"zh": "非回潮", "en": "Not recurring"},
+    "add_comment": {"zh": "补充说明", "en": "Add a comment"},
+    "comment_text": {"zh": "说明内容", "en": "Comment"},
+    "submit_comment": {"zh": "提交说明", "en": "Add comment"},
+    "add_photos": {"zh": "上传现场照片", "en": "Upload site photos"},
+    "photo_files": {
+        "zh": "照片（JPEG 或 PNG，每张不超过 {mb} MB）",
+        "en": "Photos (JPEG or PNG, up to {mb} MB each)",
+    },
+    "photo_note": {"zh": "照片说明（可选）", "en": "Note (optional)"},
+    "upload_photos": {"zh": "上传照片", "en": "Upload photos"},
+    "photo_alt": {"zh": "现场照片", "en": "Site photo"},
+    "uploaded_by": {"zh": "上传人", "en": "uploaded by"},
+    "photo_type": {
+        "zh": "照片只能是 JPEG 或 PNG 格式，请重新选择",
+        "en": "Photos must be JPEG or PNG images; choose another file",
+    },
+    "photo_size": {
+        "zh": "照片过大：每张不超过 {mb} MB",
+        "en": "Photo too large: at most {mb} MB each",
+    },
+    "photo_missing": {"zh": "请选择要上传的照片", "en": "Choose a photo to upload"},
+    "comment_empty": {"zh": "请填写说明内容", "en": "Write a comment first"},
+    "reports": {"zh": "统计报表", "en": "Reports"},
+    "report_period": {"zh": "统计期间", "en": "Period"},
+    "report_month": {"zh": "按月份", "en": "Month"},
+    "custom_dates": {"zh": "按下方起止日期", "en": "Dates below"},
+    "from_date": {"zh": "开始日期", "en": "From"},
+    "to_date": {"zh": "结束日期（含当天）", "en": "To (inclusive)"},
+    "report_area": {"zh": "统计范围", "en": "Area"},
+    "area_all": {"zh": "本人负责的全部小区", "en": "All my compounds"},
+    "street_office": {"zh": "街道", "en": "Street office"},
+    "preview": {"zh": "预览", "en": "Preview"},
+    "report_preview": {"zh": "报表预览", "en": "Preview"},
+    "download_xlsx": {"zh": "下载 XLSX（附件3-5）", "en": "Download XLSX (tables 3-5)"},
+    "download_csv": {"zh": "下载 CSV", "en": "Download CSV"},
+    "report_table_n": {"zh": "附件{n}", "en": "Table {n}"},
+    "report_blank_note": {
+        "zh": "本系统没有数据的栏目（如流动人口、处罚情况）在预览中不显示，"
+        "下载的表格中保留为空，由平安办填写。",
+        "en": "Columns this system has no data for (floating population, penalties...) are "
+        "not shown here; the downloads keep them empty for the office to fill in.",
+    },
+    "report_week_note": {
+        "zh": "“每周数”为统计期间最后 7 天，“累计数”为整个统计期间。",
+        "en": "每周数: the last 7 days of the period; 累计数: the whole period.",
+    },
+    "bad_period": {
+        "zh": "日期不正确，请按 年-月-日 填写",
+        "en": "Invalid date; use year-month-day",
+    },
+    "period_order": {
+        "zh": "结束日期不能早于开始日期",
+        "en": "The end date is before the start date",
+    },
+    "no_compounds_in_area": {"zh": "所选范围内没有小区", "en": "No compounds in this area"},
 }
 
 
@@ -201,6 +321,7 @@ EVENT_LABELS: dict[str, dict[Lang, str]] = {
     "rectify": {"zh": "已责令限期整改", "en": "Rectification ordered"},
     "recheck": {"zh": "复查未通过，延长整改", "en": "Re-check failed, deadline extended"},
     "close": {"zh": "已办结", "en": "Closed"},
+    "comment": {"zh": "补充说明", "en": "Comment"},
     "report": {"zh": "群租房安全隐患统计报表", "en": "Hazard statistics report"},
 }
 
@@ -238,4 +359,51 @@ CASE_LABELS: dict[str, dict[Lang, str]] = {
     "comment": {"zh": "说明", "en": "Comment"},
     "link": {"zh": "查看详情", "en": "Open the alert"},
     "unknown_flat": {"zh": "未登记房屋", "en": "unregistered flat"},
+}
+
+# -- why a flat has its risk level (fleet/risk.py Reason codes); {kind} is the alert kind's
+# title in Chinese and its code in English (the API's English text has always used the code).
+RISK_REASONS: dict[str, dict[Lang, str]] = {
+    "confirmed_open": {
+        "zh": "隐患核查属实，尚未整改完毕：{kind}（{alert_id}）",
+        "en": "confirmed hazard open: {kind} ({alert_id})",
+    },
+    "rectification_overdue": {
+        "zh": "整改已逾期：{kind}（{alert_id}）",
+        "en": "rectification overdue: {kind} ({alert_id})",
+    },
+    "recurring": {
+        "zh": "隐患回潮（90天内办结后再次出现）：{kind}（{alert_id}）",
+        "en": "recurring: {kind} ({alert_id})",
+    },
+    "confirmed_repeatedly": {
+        "zh": "180天内核查属实 {count} 次",
+        "en": "{count} confirmed hazards in 180 days",
+    },
+    "unverified": {
+        "zh": "告警尚未核查：{kind}（{alert_id}）",
+        "en": "unverified: {kind} ({alert_id})",
+    },
+    "closed_recently": {
+        "zh": "180天内办结的属实隐患，观察期内：{kind}（{alert_id}）",
+        "en": "closed in the last 180 days: {kind} ({alert_id})",
+    },
+    "sublandlord_high": {
+        "zh": "同一二房东出租的房屋（编号 {flat}）为高风险",
+        "en": "same sublandlord as high-risk flat {flat}",
+    },
+}
+
+# -- devices behind a gateway (fleet/web_fleet.py; states as fleet.health.device_state) -------
+DEVICE_STATE_LABELS: dict[str, dict[Lang, str]] = {
+    "ok": {"zh": "正常", "en": "ok"},
+    "fault": {"zh": "故障", "en": "fault"},
+    "offline": {"zh": "无应答", "en": "silent"},
+    "unknown": {"zh": "未知", "en": "unknown"},
+}
+
+DEVICE_KIND_LABELS: dict[str, dict[Lang, str]] = {
+    "meter": {"zh": "电表", "en": "meter"},
+    "card_reader": {"zh": "门禁读卡器", "en": "card reader"},
+    "charging_sensor": {"zh": "充电传感器", "en": "charging sensor"},
 }

@@ -7,8 +7,6 @@ pages and the API share one token scheme and scripts on the page cannot read the
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
 import io
 import json
 from collections.abc import AsyncIterator
@@ -33,6 +31,7 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy.orm import Session
 
 from contract.alerts import AlertKind, Category
+from fleet import web_fleet, web_officer
 from fleet.api.cases import read_flat_file
 from fleet.api.deps import (
     COOKIE_NAME,
@@ -63,6 +62,7 @@ from fleet.lifecycle import (
 )
 from fleet.models import (
     Alert,
+    AlertEpisodeRow,
     Building,
     CardSwipe,
     Compound,
@@ -80,7 +80,7 @@ from fleet.provisioning import (
     normalize_code,
 )
 from fleet.queries import alert_deliveries, gateway_online, get_alert
-from fleet.risk import flat_risk
+from fleet.risk import Reason, flat_risks
 from fleet.settings import Settings
 from fleet.sites import alert_compound, compound_of_alert, compound_of_gateway
 from fleet.texts import (
@@ -94,7 +94,7 @@ from fleet.texts import (
     kind_title,
     pick_lang,
 )
-from fleet.web_kit import PageKit, PageModule
+from fleet.web_kit import PageKit, PageModule, csrf_ok, csrf_token, with_lang
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 STATIC_DIR = Path(__file__).parent / "static"
@@ -104,7 +104,7 @@ STREAM_POLL_S = 1.0  # how often the live inbox looks for new alerts
 STREAM_KEEPALIVE_S = 15.0
 STATIC_FILES = {"web.js": "text/javascript", "web.css": "text/css"}
 # Page modules with their own routes (each has register(router, kit)); see fleet/web_kit.py.
-PAGE_MODULES: tuple[PageModule, ...] = ()
+PAGE_MODULES: tuple[PageModule, ...] = (web_fleet, web_officer)
 
 
 def _pager(request: Request, page: int, total: int) -> dict[str, Any]:
@@ -129,12 +129,6 @@ def _safe_next(target: str | None) -> str:
     if target and target.startswith("/") and not target.startswith("//") and "\\" not in target:
         return target
     return "/"
-
-
-def _with_lang(path: str, lang: Lang) -> str:
-    if lang == "zh":
-        return path
-    return f"{path}{'&' if '?' in path else '?'}lang={lang}"
 
 
 # The logged-in user (role and compounds, as the API sees them), or None: the page then
@@ -202,7 +196,7 @@ def alert_row(alert: Alert, lang: Lang, zone: ZoneInfo) -> dict[str, Any]:
     """What the live inbox needs to draw one row (sent as JSON over server-sent events)."""
     return {
         "alert_id": alert.alert_id,
-        "href": _with_lang(f"/alerts/{alert.alert_id}", lang),
+        "href": with_lang(f"/alerts/{alert.alert_id}", lang),
         "title": kind_title(AlertKind(alert.kind), lang),
         "severity": alert.severity,
         "severity_label": SEVERITY_LABELS.get(alert.severity, {}).get(lang, alert.severity),
@@ -235,16 +229,6 @@ def scoped_alerts(
 # -- CSRF: page actions are form POSTs carrying a token bound to the login cookie ------------
 
 
-def csrf_token(settings: Settings, cookie: str) -> str:
-    """HMAC of the login cookie: a page of this site can echo it, another site cannot read it."""
-    return hmac.new(settings.signing_key, b"csrf:" + cookie.encode(), hashlib.sha256).hexdigest()
-
-
-def csrf_ok(settings: Settings, request: Request, token: str) -> bool:
-    cookie = request.cookies.get(COOKIE_NAME) or ""
-    return bool(cookie) and hmac.compare_digest(csrf_token(settings, cookie), token)
-
-
 # -- charts: inline SVG drawn on the server (no library, works without script) --------------
 
 CHART_W, CHART_H, CHART_PAD = 640, 220, 40
@@ -260,14 +244,31 @@ def _scale(value: float, low: float, high: float, out_low: float, out_high: floa
 
 
 def power_chart(session: Session, alert: Alert, zone: ZoneInfo) -> dict[str, Any] | None:
-    """The flat's power around the episode, with the episode (plateau, then taper) shaded."""
-    start = alert.raised_at - CHART_BEFORE
-    end = (alert.cleared_at or alert.raised_at) + CHART_AFTER
+    """The flat's power around the episode, with the episode (plateau, then taper) shaded.
+
+    A case with several episodes (the hazard came back before the case was closed) is drawn
+    around its latest one, whose evidence the case holds."""
+    raised_at, cleared_at = alert.raised_at, alert.cleared_at
+    if alert.episodes > 1:
+        latest = session.execute(
+            sa.select(AlertEpisodeRow.raised_at, AlertEpisodeRow.cleared_at)
+            .where(AlertEpisodeRow.alert_id == alert.alert_id)
+            .order_by(AlertEpisodeRow.raised_at.desc())
+            .limit(1)
+        ).first()
+        if latest is not None:
+            raised_at, cleared_at = latest[0], latest[1]
+    start = raised_at - CHART_BEFORE
+    end = (cleared_at or raised_at) + CHART_AFTER
     stmt = sa.select(MeterReading.ts, MeterReading.power_w).where(
         MeterReading.ts >= start, MeterReading.ts <= end
     )
     if alert.meter_id:
-        stmt = stmt.where(MeterReading.meter_id == alert.meter_id)
+        # Meter ids are the gateway's own names: the gateway narrows them (and the unique
+        # index on gateway, meter and time then finds the rows without a scan).
+        stmt = stmt.where(
+            MeterReading.gateway_id == alert.gateway_id, MeterReading.meter_id == alert.meter_id
+        )
     elif alert.unit_id:
         stmt = stmt.where(
             MeterReading.unit_id == alert.unit_id, MeterReading.gateway_id == alert.gateway_id
@@ -296,15 +297,15 @@ def power_chart(session: Session, alert: Alert, zone: ZoneInfo) -> dict[str, Any
     evidence = alert.evidence or {}
     plateau = float(evidence.get("plateau_minutes") or 0)
     taper = float(evidence.get("taper_minutes") or 0)
-    raised = aware(alert.raised_at)
+    raised = aware(raised_at)
     bands = []
     if plateau:
         bands.append(("plateau", raised, raised + timedelta(minutes=plateau)))
         if taper:
             end_plateau = raised + timedelta(minutes=plateau)
             bands.append(("taper", end_plateau, end_plateau + timedelta(minutes=taper)))
-    elif alert.cleared_at is not None:
-        bands.append(("episode", raised, aware(alert.cleared_at)))
+    elif cleared_at is not None:
+        bands.append(("episode", raised, aware(cleared_at)))
     drawn = [
         {
             "name": name,
@@ -413,7 +414,7 @@ def scoped_buildings(session: Session, user: Principal) -> list[dict[str, Any]]:
 
 def building_floors(session: Session, building_id: int, now: datetime) -> list[dict[str, Any]]:
     """The building's flats as rows by floor (top floor first, unrecorded floor last), each
-    flat with its risk level (``fleet.risk.flat_risk``, as GET /api/risk/flats) and its open
+    flat with its risk level (``fleet.risk.flat_risks``, as GET /api/risk/flats) and its open
     alerts counted by kind."""
     flats = session.scalars(sa.select(Flat).where(Flat.building_id == building_id)).all()
     open_by_flat: dict[int, dict[str, int]] = {}
@@ -429,13 +430,14 @@ def building_floors(session: Session, building_id: int, now: datetime) -> list[d
         for flat_id, kind, count in rows:
             if flat_id is not None:
                 open_by_flat.setdefault(flat_id, {})[kind] = int(count)
+    risks = flat_risks(session, [f.id for f in flats], now)  # one pass, not per flat
     floors: dict[int | None, list[dict[str, Any]]] = {}
     for flat in sorted(flats, key=lambda f: (f.unit_id, f.id)):
         kinds = open_by_flat.get(flat.id, {})
         floors.setdefault(flat.floor, []).append(
             {
                 "flat": flat,
-                "risk": flat_risk(session, flat.id, now).level,
+                "risk": risks[flat.id].level,
                 "open": sum(kinds.values()),
                 "kinds": sorted(kinds.items()),
             }
@@ -509,7 +511,8 @@ def make_router(settings: Settings) -> APIRouter:
             "severity": lambda value: SEVERITY_LABELS.get(value, {}).get(lang, value),
             "state_label": lambda value: STATE_LABELS.get(value, {}).get(lang, value),
             "reason": lambda value: LABELS[value][lang] if value in LABELS else value,
-            "link": lambda path: _with_lang(path, lang),
+            "risk_reason": lambda r: Reason(r.code, r.params).render(lang),
+            "link": lambda path: with_lang(path, lang),
             "other_lang_link": _other_lang_link(request, lang),
             "status_label": lambda value: STATUS_LABELS.get(value, {}).get(lang, value),
             "gateway_roles": GATEWAY_ROLES,
@@ -563,7 +566,7 @@ def make_router(settings: Settings) -> APIRouter:
                 status_code=status.HTTP_401_UNAUTHORIZED,
             )
         token = create_access_token(settings, user.username)
-        response = RedirectResponse(_with_lang(_safe_next(next), chosen), status.HTTP_303_SEE_OTHER)
+        response = RedirectResponse(with_lang(_safe_next(next), chosen), status.HTTP_303_SEE_OTHER)
         response.set_cookie(
             COOKIE_NAME,
             token.token,
@@ -576,9 +579,7 @@ def make_router(settings: Settings) -> APIRouter:
 
     @router.post("/logout")
     def logout(lang: Annotated[str, Form()] = "zh") -> Response:
-        response = RedirectResponse(
-            _with_lang("/login", pick_lang(lang)), status.HTTP_303_SEE_OTHER
-        )
+        response = RedirectResponse(with_lang("/login", pick_lang(lang)), status.HTTP_303_SEE_OTHER)
         response.delete_cookie(COOKIE_NAME)
         return response
 
@@ -645,19 +646,26 @@ def make_router(settings: Settings) -> APIRouter:
         category: Annotated[str | None, Query(max_length=16)] = None,
         severity: Annotated[str | None, Query(max_length=16)] = None,
         status_: Annotated[str | None, Query(alias="status", max_length=16)] = None,
+        compound: Annotated[str | None, Query(max_length=20)] = None,
+        recurring: Annotated[str | None, Query(max_length=8)] = None,
     ) -> Response:
         """The alert inbox: filters, server-side pages, and new alerts arriving live."""
         chosen = pick_lang(lang)
         if user is None:
             return to_login(request, chosen)
-        filters = {
-            "kind": kind or "",
-            "category": category or "",
-            "severity": severity or "",
-            "status": status_ or "",
-        }
-        alerts, total = scoped_alerts(
-            session, user, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE, filters=filters
+        # Only the user's compounds are offered; another one in the URL is ignored.
+        compounds = web_officer.scoped_compounds(session, user)
+        filters = web_officer.inbox_filters(
+            kind=kind,
+            category=category,
+            severity=severity,
+            status=status_,
+            compound=compound,
+            recurring=recurring,
+            offered=compounds,
+        )
+        alerts, total = web_officer.inbox_alerts(
+            session, user, filters, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
         )
         newest = session.scalar(
             scope_filter(sa.select(sa.func.max(Alert.first_received_at)), user, alert_compound())
@@ -675,9 +683,10 @@ def make_router(settings: Settings) -> APIRouter:
                 "categories": [c.value for c in Category],
                 "severities": list(SEVERITY_LABELS),
                 "statuses": list(STATUS_LABELS),
+                "compounds": compounds,
                 "pager": _pager(request, page, total),
                 # Live arrivals only on the unfiltered first page: a new alert belongs on top.
-                "live": page == 1 and not any(filters.values()),
+                "live": page == 1 and not filters.any(),
                 "since": newest.isoformat() if newest else "",
             },
         )
@@ -776,6 +785,8 @@ def make_router(settings: Settings) -> APIRouter:
             session, user, online=wanted, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
         )
         now = utcnow()
+        # Outbox backlog (newest heartbeat), devices silent or faulty, config versions.
+        extra = web_fleet.fleet_columns(session, [gateway.gateway_id for gateway, _, _ in rows])
         gateways = [
             {
                 "row": gateway,
@@ -784,8 +795,7 @@ def make_router(settings: Settings) -> APIRouter:
                 "online": gateway_online(
                     gateway, now=now, offline_after_s=settings.gateway_offline_after_s
                 ),
-                # The heartbeat's outbox depth, once ingest stores it (None: not reported).
-                "backlog": getattr(gateway, "outbox_depth", None),
+                **extra[gateway.gateway_id],
             }
             for gateway, compound, building in rows
         ]
@@ -890,13 +900,24 @@ def make_router(settings: Settings) -> APIRouter:
             session.commit()
         except (ProvisioningError, sa.exc.IntegrityError):
             session.rollback()
-            return _back_with(_with_lang("/install", chosen), "bad_input")
+            return _back_with(with_lang("/install", chosen), "bad_input")
+        gateway = session.get(Gateway, issued.gateway_id)
+        assert gateway is not None
+        zone = ZoneInfo(settings.display_timezone)
         response = render(
             request,
             "enroll.html",
             chosen,
             {
                 "user": user,
+                # The devices the register places at this entrance, each answer shown live.
+                "devices": web_fleet.device_rows(
+                    session, gateway, online=False, lang=chosen, zone=zone
+                ),
+                "flats": web_fleet.mapping_flats(session, gateway),
+                "may_map": True,  # INSTALL_ROLES may map devices (as PATCH /api/devices)
+                "csrf": csrf_token(settings, request.cookies.get(COOKIE_NAME) or ""),
+                "live_src": with_lang(f"/gateways/{issued.gateway_id}/live", chosen),
                 "gateway_id": issued.gateway_id,
                 "code": issued.code,
                 "expires_at": issued.expires_at,
@@ -1007,7 +1028,13 @@ def make_router(settings: Settings) -> APIRouter:
                 "timeline": timeline(session, [alert.alert_id]),
                 "actions": actions,
                 "csrf": csrf_token(settings, request.cookies.get(COOKIE_NAME) or ""),
-                "error": error if error in ACTION_ERRORS else None,
+                "error": (
+                    error if error in (*ACTION_ERRORS, *web_officer.COMMENT_ERRORS) else None
+                ),
+                # Comments and photos (fleet/web_officer.py): the form, and photos by entry.
+                "may_comment": user.role in web_officer.COMMENT_ROLES,
+                "photos": web_officer.alert_photos(session, alert.alert_id),
+                "photo_max_mb": web_officer.photo_limit_mb(settings),
                 "default_due": (utcnow() + timedelta(hours=settings.dispatch_due_hours))
                 .astimezone(zone)
                 .strftime("%Y-%m-%dT%H:%M"),
@@ -1040,7 +1067,7 @@ def make_router(settings: Settings) -> APIRouter:
         if not csrf_ok(settings, request, csrf):
             return Response("CSRF token missing or wrong", status.HTTP_403_FORBIDDEN)
         zone = ZoneInfo(settings.display_timezone)
-        page = _with_lang(f"/alerts/{alert_id}", chosen)
+        page = with_lang(f"/alerts/{alert_id}", chosen)
         try:
             step = StepInput(
                 comment=comment,

@@ -7,6 +7,8 @@ routes there. Page modules import this module, never ``fleet.web`` (no import cy
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -14,7 +16,7 @@ from typing import Any, Protocol
 from fastapi import APIRouter, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from fleet.api.deps import Principal
+from fleet.api.deps import COOKIE_NAME, Principal
 from fleet.settings import Settings
 from fleet.texts import Lang
 
@@ -43,3 +45,21 @@ class PageKit:
 
 class PageModule(Protocol):
     def register(self, router: APIRouter, kit: PageKit) -> None: ...
+
+
+def with_lang(path: str, lang: Lang) -> str:
+    """``path`` in ``lang`` (Chinese is the default and needs no parameter)."""
+    if lang == "zh":
+        return path
+    return f"{path}{'&' if '?' in path else '?'}lang={lang}"
+
+
+def csrf_token(settings: Settings, cookie: str) -> str:
+    """HMAC of the login cookie: a page of this site can echo it, another site cannot read it."""
+    return hmac.new(settings.signing_key, b"csrf:" + cookie.encode(), hashlib.sha256).hexdigest()
+
+
+def csrf_ok(settings: Settings, request: Request, token: str) -> bool:
+    """Whether a form post carries the CSRF token of the request's login cookie."""
+    cookie = request.cookies.get(COOKIE_NAME) or ""
+    return bool(cookie) and hmac.compare_digest(csrf_token(settings, cookie), token)

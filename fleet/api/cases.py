@@ -77,7 +77,7 @@ from fleet.models import (
     SublandlordFlat,
 )
 from fleet.reports import TABLES, compute, to_csv, to_xlsx
-from fleet.risk import flat_alerts, flat_risk
+from fleet.risk import Reason, flat_alerts, flat_risk, flat_risks
 from fleet.settings import Settings
 from fleet.sites import compound_of_gateway
 
@@ -328,13 +328,27 @@ def list_cases(
     return CasesPublic(items=[CasePublic.of(a) for a in rows], total=total)
 
 
+class RiskReason(BaseModel):
+    """One reason for a flat's level: ``code`` (fleet.risk.Reason) and its values, for clients
+    that word it themselves; ``text`` is the English sentence also listed in ``reasons``."""
+
+    code: str
+    params: dict[str, str | int]
+    text: str
+
+    @classmethod
+    def of(cls, reason: Reason) -> RiskReason:
+        return cls(code=reason.code, params=dict(reason.params), text=reason.text)
+
+
 class FlatRisk(BaseModel):
     flat_id: int
     unit_id: str
     building: str
     compound: str
     risk: Literal["low", "medium", "high"]
-    reasons: list[str]
+    reasons: list[str]  # English sentences, as before ``reason_details`` existed
+    reason_details: list[RiskReason]
 
 
 @router.get("/risk/flats")
@@ -357,10 +371,11 @@ def list_flat_risks(
         stmt = stmt.where(Compound.id.in_(sorted(user.compound_ids)))
     if compound_id is not None:
         stmt = stmt.where(Compound.id == compound_id)
-    now = utcnow()
+    rows = session.execute(stmt).all()
+    risks = flat_risks(session, [flat.id for flat, _, _ in rows], utcnow())
     out = []
-    for flat, building, compound in session.execute(stmt).all():
-        risk = flat_risk(session, flat.id, now)
+    for flat, building, compound in rows:
+        risk = risks[flat.id]
         if level is None or risk.level == level:
             out.append(
                 FlatRisk(
@@ -369,7 +384,8 @@ def list_flat_risks(
                     building=building.name,
                     compound=compound.name,
                     risk=risk.level,
-                    reasons=risk.reasons,
+                    reasons=risk.texts,
+                    reason_details=[RiskReason.of(r) for r in risk.reasons],
                 )
             )
     order = {"high": 0, "medium": 1, "low": 2}
@@ -480,7 +496,8 @@ class FlatFile(BaseModel):
     compound: str
     rented: bool
     risk: Literal["low", "medium", "high"]
-    risk_reasons: list[str]
+    risk_reasons: list[str]  # English sentences; codes and values in risk_reason_details
+    risk_reason_details: list[RiskReason]
     sublandlords: list[int]
     alerts: list[CasePublic]
     timeline: list[TimelineEntry]
@@ -520,7 +537,8 @@ def read_flat_file(session: SessionDep, user: CurrentUser, flat_id: IdPath) -> F
         compound=compound.name,
         rented=bool(mark and mark.rented) or bool(sublandlords),
         risk=risk.level,
-        risk_reasons=risk.reasons,
+        risk_reasons=risk.texts,
+        risk_reason_details=[RiskReason.of(r) for r in risk.reasons],
         sublandlords=sublandlords,
         alerts=[CasePublic.of(a) for a in alerts],
         timeline=[TimelineEntry.of(e) for e in timeline(session, [a.alert_id for a in alerts])],

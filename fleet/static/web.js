@@ -69,3 +69,56 @@
   }
   poll();
 })();
+
+// Gateway page and enrollment page: <table data-live-devices="/gateways/{id}/live"> polls the
+// gateway's live state (each device's answer, config versions) and updates the rows in place.
+(function () {
+  const table = document.querySelector("table[data-live-devices]");
+  if (!table) return;
+  function text(id, value) {
+    const el = document.getElementById(id);
+    if (el && value !== undefined) el.textContent = value === null ? "-" : String(value);
+    return el;
+  }
+  function apply(body) {
+    const byId = {};
+    body.devices.forEach(function (d) { byId[d.device_id] = d; });
+    table.querySelectorAll("tr[data-device]").forEach(function (tr) {
+      const d = byId[tr.dataset.device];
+      if (!d) return;
+      const state = tr.querySelector(".dev-state");
+      if (state && state.dataset.state !== d.state + (d.fault || "")) {
+        state.dataset.state = d.state + (d.fault || "");
+        state.className = "dev-state state-" + d.state;
+        state.textContent = d.state_label + (d.fault ? " · " + d.fault : "");
+      }
+      const seen = tr.querySelector(".dev-seen");
+      if (seen) seen.textContent = d.last_seen || "-";
+    });
+    const online = document.getElementById("gw-online");
+    if (online) {
+      online.textContent = body.online ? online.dataset.online : online.dataset.offline;
+      online.className = body.online ? "online" : "offline";
+    }
+    text("gw-last-seen", body.last_seen);
+    text("gw-last-heartbeat", body.last_heartbeat);
+    text("gw-backlog", body.backlog);
+    text("desired-version", body.config.desired);
+    const applied = text("applied-version", body.config.applied);
+    if (applied) applied.className = body.config.in_step ? "online" : "";
+    const note = document.getElementById("config-note");
+    if (note && body.config.desired !== null) {
+      note.textContent = body.config.in_step ? note.dataset.inStep : note.dataset.pending;
+    }
+  }
+  function poll() {
+    fetch(table.dataset.liveDevices, { credentials: "same-origin", cache: "no-store" })
+      .then(function (r) { return r.ok ? r.json() : null; })
+      .then(function (body) {
+        if (body) apply(body);
+        setTimeout(poll, 2000);
+      })
+      .catch(function () { setTimeout(poll, 5000); });
+  }
+  poll();
+})();

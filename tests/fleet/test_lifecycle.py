@@ -226,6 +226,12 @@ async def test_every_step_from_new_to_closed_with_timeline_and_photo(
         file = r.json()
         assert [a["alert_id"] for a in file["alerts"]] == [alert_id]
         assert file["risk"] == "medium"  # confirmed and closed within 180 days: observed
+        details = file["risk_reason_details"]
+        assert [(d["code"], d["params"]["alert_id"]) for d in details] == [
+            ("closed_recently", alert_id)
+        ]
+        assert file["risk_reasons"] == [d["text"] for d in details]
+        assert file["risk_reasons"][0].startswith("closed in the last 180 days: ")
         assert len(file["timeline"]) == len(PATH) + 2
 
 

@@ -81,7 +81,20 @@ async def test_building_grid_and_flat_file(mqtt_broker: BrokerEndpoint, database
         for value in ("1-201", "85.0", "3", "2", "40.0"):
             assert f"<td>{value}</td>" in facts.group(1)
         assert 'data-risk="medium"' in flat.text
-        assert f"unverified: ebike_charging ({seed.a.alert})" in flat.text
+        # The reason in the page's language (the API keeps its English text and adds the code).
+        assert f"告警尚未核查：电动自行车违规充电（{seed.a.alert}）" in flat.text
+        assert 'data-code="unverified"' in flat.text
+        flat_en = await client.get(f"/flats/{seed.a.flat}", params={"lang": "en"})
+        assert f"unverified: ebike_charging ({seed.a.alert})" in flat_en.text
+        file = await client.get(f"/api/flats/{seed.a.flat}/file", headers=seed.auth("officer"))
+        assert file.json()["risk_reasons"] == [f"unverified: ebike_charging ({seed.a.alert})"]
+        assert file.json()["risk_reason_details"] == [
+            {
+                "code": "unverified",
+                "params": {"kind": "ebike_charging", "alert_id": seed.a.alert},
+                "text": f"unverified: ebike_charging ({seed.a.alert})",
+            }
+        ]
         timeline = re.search(r'<ol class="timeline" id="timeline">(.*?)</ol>', flat.text, re.S)
         assert timeline is not None
         assert f'data-alert="{seed.a.alert}"' in timeline.group(1)
