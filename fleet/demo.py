@@ -9,6 +9,13 @@ that the fleet manager stores, shows and forwards.
 
 The demo shortens the rule's sustain time from 120 s to 10 s so the alert appears within a
 minute; everything else is the production code path. Ctrl-C stops every process it started.
+
+Some hazards take days to show (a group rental: a week of card swipes; a charger seen only on
+the meter: an hour's plateau and its taper), so the demo also gives the building a history: the
+labelled scenario generator (``firmware-sim scenario``) simulates ``--history-days`` days of
+the building's other entrance, the edge rules run over it (``edge-agent replay``), and the
+readings, swipes and the alerts the rules raised are published, as that entrance's gateway
+(``gw-demo-02``) would have sent them, to the fleet manager's MQTT ingest.
 """
 
 from __future__ import annotations
@@ -16,6 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
+import hmac
 import json
 import logging
 import os
@@ -23,15 +32,32 @@ import secrets
 import signal
 import socket
 import sys
-from datetime import datetime
+import uuid
+from collections import Counter
+from collections.abc import Coroutine, Iterator
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import aiomqtt
 import httpx
 import sqlalchemy as sa
 import tomli_w
 
+from contract.alerts import AlertKind, Category, Change, Severity
+from contract.messages import (
+    AlertMessage,
+    AlertSubject,
+    Birth,
+    CardSwipeEvent,
+    Envelope,
+    MeterSample,
+    MeterTelemetry,
+    encode,
+    new_message_id,
+)
+from contract.topics import Up, up
 from fleet.accounts import create_user
 from fleet.audit import CLI_ACTOR
 from fleet.broker import embedded_broker
@@ -47,6 +73,13 @@ DEMO_COMPOUND_CODE = "demo"
 # Users of the other three roles, so each role's pages can be seen (docs/web.md).
 DEMO_USERS = (("officer", Role.OFFICER), ("property", Role.PROPERTY), ("installer", Role.INSTALLER))
 DEMO_USER_PASSWORD = "demo-pass"  # noqa: S105 - demo-only, printed at start like admin/admin
+HISTORY_GATEWAY_ID = "gw-demo-02"
+HISTORY_ENTRANCE = "2单元"
+HISTORY_FLATS = 12  # six floors of the building, two flats each
+HISTORY_SEED = 3  # a scenario with two group rentals and chargers seen by sensor and meter
+TELEMETRY_BATCH = 1000  # readings per telemetry message, as the agent batches them
+HISTORY_PACE_S = {"telemetry": 0.1}  # pause after each message (others: 0.01 s)
+SUBJECT_FIELDS = ("unit_id", "building", "sensor_id", "meter_id", "reader_id")
 
 
 def seed_demo_register(database_url: str, site: dict[str, Any], gateway_id: str) -> None:
@@ -116,6 +149,234 @@ def seed_demo_register(database_url: str, site: dict[str, Any], gateway_id: str)
                 )
     finally:
         engine.dispose()
+
+
+def seed_history_register(database_url: str, site: dict[str, Any], gateway_id: str) -> bool:
+    """The demo building's other entrance (``2单元``) with the history's gateway mapped to it,
+    and the history's flats the building does not have yet. False when the gateway is already
+    there (a demo restarted over the same data: its history is in the database already)."""
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine)() as session, session.begin():
+            existing = session.get(Gateway, gateway_id)
+            if existing is not None and existing.entrance_id is not None:
+                return False
+            building = session.scalars(
+                sa.select(Building)
+                .join(Compound, Compound.id == Building.compound_id)
+                .where(Compound.code == DEMO_COMPOUND_CODE)
+                .order_by(Building.id)
+            ).first()
+            if building is None:
+                raise RuntimeError("the demo register is not seeded")
+            entrance = Entrance(building_id=building.id, name=HISTORY_ENTRANCE)
+            session.add(entrance)
+            session.flush()
+            known = set(
+                session.scalars(sa.select(Flat.unit_id).where(Flat.building_id == building.id))
+            )
+            for unit in site["units"]:
+                if unit["unit_id"] in known:
+                    continue
+                room = unit["unit_id"].split("-")[-1]
+                session.add(
+                    Flat(
+                        building_id=building.id,
+                        entrance_id=entrance.id,
+                        unit_id=unit["unit_id"],
+                        floor=int(room[:-2]) if room[:-2].isdigit() else None,
+                        area_m2=unit.get("floor_area_m2"),
+                        rooms=unit.get("rooms"),
+                        registered_occupants=unit.get("registered_occupants"),
+                        rated_current_a=unit.get("rated_current_a"),
+                    )
+                )
+            if existing is None:
+                session.add(
+                    Gateway(gateway_id=gateway_id, entrance_id=entrance.id, first_seen=utcnow())
+                )
+            else:
+                existing.entrance_id = entrance.id
+        return True
+    finally:
+        engine.dispose()
+
+
+async def _check_call(*args: str, log_path: Path) -> None:
+    with log_path.open("ab") as out:
+        child = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", *args, stdout=out, stderr=out
+        )
+        if await child.wait() != 0:
+            raise RuntimeError(f"{' '.join(args[:2])} failed; see {log_path}")
+
+
+async def make_history(out_dir: Path, days: int, today: date, flats: int = HISTORY_FLATS) -> None:
+    """``days`` of the building up to yesterday (``firmware-sim scenario``), and the alerts the
+    edge rules raise over them (``edge-agent replay``): site.json, events.jsonl, alerts.jsonl."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_path = out_dir / "history.log"
+    await _check_call(
+        "firmware_sim", "scenario",
+        "--seed", str(HISTORY_SEED), "--out", str(out_dir), "--flats", str(flats),
+        "--days", str(days), "--buildings", "1",
+        "--start", (today - timedelta(days=days)).isoformat(),
+        log_path=log_path,
+    )  # fmt: skip
+    await _check_call(
+        "edge_agent", "replay",
+        "--site", str(out_dir / "site.json"), "--input", str(out_dir / "events.jsonl"),
+        "--output", str(out_dir / "alerts.jsonl"),
+        log_path=log_path,
+    )  # fmt: skip
+
+
+def history_messages(out_dir: Path, gateway_id: str, site_key: bytes) -> Iterator[Envelope]:
+    """What the entrance's gateway would have sent over those days: its meter readings in
+    batches, each card swipe (the card as the agent's HMAC pseudonym, with the flat the card is
+    registered to), and each alert the rules raised, raised and then cleared, in that order."""
+    site = json.loads((out_dir / "site.json").read_text())
+    meter_unit = {m["meter_id"]: m.get("unit_id") for m in site.get("meters", [])}
+    seq = 0
+
+    def envelope(ts: datetime) -> dict[str, Any]:
+        nonlocal seq
+        seq += 1
+        return {"id": new_message_id(), "gw": gateway_id, "session": 1, "seq": seq, "ts": ts}
+
+    def card(number: str) -> str:
+        normalised = number.strip().lstrip("0") or "0"  # as edge_agent.privacy does
+        return hmac.new(site_key, normalised.encode(), hashlib.sha256).hexdigest()[:32]
+
+    card_unit = {card(c["card"]): c.get("unit_id") for c in site.get("cards", [])}
+    yield Birth(
+        **envelope(utcnow()),
+        agent_version="demo-history",
+        started_at=utcnow(),
+        site_id=str(site.get("site_id", "demo")),
+    )
+    batch: list[MeterSample] = []
+    with (out_dir / "events.jsonl").open() as events:
+        for line in events:
+            event = json.loads(line)
+            ts = datetime.fromisoformat(event["ts"])
+            if event["type"] == "meter_reading":
+                batch.append(
+                    MeterSample(
+                        meter_id=event["meter_id"],
+                        unit_id=meter_unit.get(event["meter_id"]),
+                        ts=ts,
+                        power_w=event["power_w"],
+                        voltage_v=event.get("voltage_v"),
+                        current_a=event.get("current_a"),
+                        energy_kwh=event.get("energy_kwh"),
+                    )
+                )
+                if len(batch) == TELEMETRY_BATCH:
+                    yield MeterTelemetry(**envelope(ts), historical=True, readings=batch)
+                    batch = []
+            elif event["type"] == "card_swipe":
+                pseudonym = card(event["card"])
+                yield CardSwipeEvent(
+                    **envelope(ts),
+                    historical=True,
+                    reader_id=event["reader_id"],
+                    card=pseudonym,
+                    unit_id=card_unit.get(pseudonym),
+                    event_ts=ts,
+                )
+    if batch:
+        yield MeterTelemetry(**envelope(batch[-1].ts), historical=True, readings=batch)
+    with (out_dir / "alerts.jsonl").open() as alerts:
+        for line in alerts:
+            found = json.loads(line)
+            subject = AlertSubject(
+                **{
+                    k: found.get(k)
+                    for k in ("unit_id", "building", "sensor_id", "meter_id", "reader_id")
+                }
+            )
+            raised = datetime.fromisoformat(found["raised_at"])
+            cleared = datetime.fromisoformat(found["cleared_at"]) if found["cleared_at"] else None
+            alert_id = str(
+                uuid.uuid5(uuid.NAMESPACE_URL, f"{gateway_id}|{found['kind']}|{subject}|{raised}")
+            )
+            common = {
+                "alert_id": alert_id,
+                "kind": AlertKind(found["kind"]),
+                "category": Category(found["category"]),
+                "severity": Severity(found["severity"]),
+                "subject": subject,
+                "raised_at": raised,
+                "evidence": found["evidence"],
+            }
+            yield AlertMessage(**envelope(raised), historical=True, change=Change.RAISED, **common)
+            if cleared is not None:
+                yield AlertMessage(
+                    **envelope(cleared),
+                    historical=True,
+                    change=Change.CLEARED,
+                    cleared_at=cleared,
+                    **common,
+                )
+
+
+TOPIC_OF: dict[str, Up] = {
+    "birth": Up.BIRTH,
+    "telemetry": Up.TELEMETRY,
+    "card": Up.CARD,
+    "alert": Up.ALERT,
+}
+
+
+async def publish_history(mqtt_url: str, messages: Iterator[Envelope]) -> Counter[str]:
+    """Publish each message at QoS 1 on its gateway's uplink topic, as the agent's outbox does
+    (about 20 s for ten days of twelve flats)."""
+    parsed = httpx.URL(mqtt_url)
+    sent: Counter[str] = Counter()
+    async with aiomqtt.Client(
+        parsed.host, parsed.port or 1883, protocol=aiomqtt.ProtocolVersion.V311
+    ) as client:
+        for message in messages:
+            kind = str(message.model_dump()["type"])
+            await client.publish(up(message.gw, TOPIC_OF[kind]), encode(message), qos=1)
+            sent[kind] += 1
+            # Paced like a gateway draining its outbox after an outage, so that the live
+            # building's messages are not queued behind a flood (and the embedded broker's
+            # deliveries to ingest are acknowledged in time).
+            await asyncio.sleep(HISTORY_PACE_S.get(kind, 0.01))
+    return sent
+
+
+async def demo_history(
+    database_url: str,
+    mqtt_url: str,
+    data_dir: Path,
+    days: int,
+    today: date,
+    *,
+    flats: int = HISTORY_FLATS,
+    gateway_id: str = HISTORY_GATEWAY_ID,
+) -> str:
+    """Make the history, map its gateway, publish it; what happened, for the console."""
+    out_dir = data_dir / "history"
+    site_ready = (out_dir / "alerts.jsonl").exists()
+    if not site_ready:
+        await make_history(out_dir, days, today, flats)
+    site = json.loads((out_dir / "site.json").read_text())
+    if not await asyncio.to_thread(seed_history_register, database_url, site, gateway_id):
+        return f"history: already in the database ({gateway_id})"
+    sent = await publish_history(
+        mqtt_url, history_messages(out_dir, gateway_id, secrets.token_bytes(16))
+    )
+    kinds = Counter(
+        json.loads(line)["kind"] for line in (out_dir / "alerts.jsonl").read_text().splitlines()
+    )
+    return (
+        f"history: {days} days of {gateway_id} ({HISTORY_ENTRANCE}) published: "
+        f"{sent['telemetry']} telemetry batches, {sent['card']} card swipes, alerts "
+        + ", ".join(f"{k} {n}" for k, n in sorted(kinds.items()))
+    )
 
 
 def port_is_free(host: str, port: int) -> bool:
@@ -245,6 +506,14 @@ async def _watch_alerts(base_url: str, username: str, password: str) -> None:
                 )
 
 
+async def _report_history(making: Coroutine[Any, Any, str]) -> None:
+    """Print what the history brought, or why it failed (the live demo goes on either way)."""
+    try:
+        print(await making, flush=True)
+    except (OSError, RuntimeError, ValueError, aiomqtt.MqttError) as exc:
+        print(f"history: not published ({exc})", file=sys.stderr, flush=True)
+
+
 async def run_demo(args: argparse.Namespace) -> int:
     from fleet.app import serve  # noqa: PLC0415 - heavy imports after argument parsing
     from fleet.settings import Settings  # noqa: PLC0415
@@ -334,6 +603,10 @@ async def run_demo(args: argparse.Namespace) -> int:
                         f"  Scenario:   flat 1-201 starts charging an e-bike after "
                         f"{args.charging_after:.0f}s; alert after {DEMO_CHARGING_SUSTAIN_S:.0f}s "
                         "more",
+                        f"  History:    {args.history_days} days of entrance {HISTORY_ENTRANCE} "
+                        f"({HISTORY_GATEWAY_ID}): group rentals, chargers seen on the meter"
+                        if args.history_days > 0
+                        else "  History:    none (--history-days 0)",
                         "  Press Ctrl-C to stop everything.",
                         "",
                     ]
@@ -342,6 +615,22 @@ async def run_demo(args: argparse.Namespace) -> int:
             )
             watcher = tg.create_task(
                 _watch_alerts(base_url, settings.admin_username, password), name="alert-watch"
+            )
+            history = (
+                tg.create_task(
+                    _report_history(
+                        demo_history(
+                            settings.database_url,
+                            mqtt_url,
+                            data_dir,
+                            args.history_days,
+                            datetime.now(DISPLAY_TZ).date(),
+                        )
+                    ),
+                    name="history",
+                )
+                if args.history_days > 0
+                else None
             )
             waits = [asyncio.create_task(stop.wait())] + [
                 asyncio.create_task(p.wait()) for _, p in children
@@ -356,6 +645,8 @@ async def run_demo(args: argparse.Namespace) -> int:
                         file=sys.stderr,
                     )
             watcher.cancel()
+            if history is not None:
+                history.cancel()
         finally:
             for name, p in reversed(children):
                 await _stop(p, name)
@@ -376,6 +667,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--flats", type=int, default=4)
     parser.add_argument("--charging-after", type=float, default=5.0)
     parser.add_argument("--webhook-url", action="append", default=[])
+    parser.add_argument(
+        "--history-days",
+        type=int,
+        default=10,
+        help="days of simulated history of the building's other entrance, replayed through the "
+        "edge rules and published to the fleet manager (0: none; group rentals need 7)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=os.environ.get("FLEET_LOG_LEVEL", "WARNING"),
