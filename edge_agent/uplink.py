@@ -13,7 +13,10 @@
   ``mqtt.max_inflight`` QoS 1 publishes awaiting PUBACK at once; a message leaves the outbox only
   after its PUBACK. A message older than ``historical_after_s`` when it is sent goes out with
   ``historical: true`` (it is backlog, not live news).
-- **Reconnect** with jittered exponential backoff (0.5 s doubling to 60 s).
+- **Reconnect** with jittered exponential backoff (0.5 s doubling to 60 s). A TLS failure (the
+  broker's certificate is not signed by the CA in ``mqtt.ca_file``, names another host, or has
+  expired by the gateway's clock) is logged as such and counted in ``tls_failures``; it is not
+  mistaken for a broker without MQTT 5. Messages stay in the outbox until a connection works.
 """
 
 from __future__ import annotations
@@ -47,6 +50,14 @@ BACKOFF_MAX_S = 60.0
 PROBE_TIMEOUT_S = 5.0
 _LIVE = b'"historical":false'
 _HISTORICAL = b'"historical":true'
+# What ssl's errors say (aiomqtt keeps only the text of the exception it translates).
+_TLS_MARKERS = ("[SSL", "_ssl.c", "certificate")
+
+
+def is_tls_failure(exc: BaseException) -> bool:
+    """Whether a connect failed in the TLS handshake (certificate, host name, protocol)."""
+    text = str(exc)
+    return isinstance(exc, ssl.SSLError) or any(marker in text for marker in _TLS_MARKERS)
 
 
 def mark_historical(payload: bytes) -> bytes:
@@ -94,6 +105,7 @@ class Uplink:
             "sent_historical": 0,
             "connects": 0,
             "connect_failures": 0,
+            "tls_failures": 0,
         }
 
     def _tls(self) -> ssl.SSLContext | None:
@@ -147,8 +159,8 @@ class Uplink:
                     raise
                 log.info("broker refused MQTT 5 (%s); using MQTT 3.1.1 without will delay", exc)
             except aiomqtt.MqttError as exc:
-                if self.mqtt5 is True or "Connection refused" in str(exc):
-                    raise  # a broker known to speak MQTT 5, or nobody listening at all
+                if self.mqtt5 is True or "Connection refused" in str(exc) or is_tls_failure(exc):
+                    raise  # a broker known to speak MQTT 5, nobody listening, or TLS refused
                 log.info("MQTT 5 connect failed (%s); trying MQTT 3.1.1", exc)
             else:
                 self.mqtt5 = True
@@ -191,7 +203,21 @@ class Uplink:
                         raise
             except aiomqtt.MqttError as exc:
                 self.counters["connect_failures"] += 1
-                log.warning("MQTT connection lost or refused (%s); retrying in %.1fs", exc, backoff)
+                if not self.connected and is_tls_failure(exc):
+                    self.counters["tls_failures"] += 1
+                    log.warning(
+                        "TLS with the broker %s:%d failed (%s): check mqtt.ca_file (the CA that "
+                        "signed the broker's certificate), the host name in mqtt.url and the "
+                        "clock; messages stay in the outbox; retrying in %.1fs",
+                        self._config.host,
+                        self._config.port,
+                        exc,
+                        backoff,
+                    )
+                else:
+                    log.warning(
+                        "MQTT connection lost or refused (%s); retrying in %.1fs", exc, backoff
+                    )
             finally:
                 self._client = None
                 self.connected = False
