@@ -208,6 +208,38 @@ class GroupRentalConfig(_Strict):
     max_persons_per_card: int = Field(
         default=4, ge=1, description="cap on the persons one shared card is taken to stand for"
     )
+    paired_entry_min_s: float = Field(
+        default=120.0,
+        ge=0,
+        description="a paired entry: a card's swipe at least this long after its previous "
+        "swipe (a re-swipe at a reader that did not beep comes seconds later)...",
+    )
+    paired_entry_max_s: float = Field(
+        default=1800.0,
+        gt=0,
+        description="... and at most this long after it: one person must have gone out and "
+        "come back in that time, two people on one card come home at the same hour",
+    )
+    paired_card_ratio: float = Field(
+        default=2.0,
+        gt=1,
+        description="a card swiped on its active days at least this many times the building's "
+        "median per-card rate (two people's worth) also counts as shared when its entries "
+        "include paired entries (paired_min_days, paired_min_share)",
+    )
+    paired_min_days: int = Field(
+        default=2,
+        ge=1,
+        description="days of the window on which a card needs a paired entry to count as shared "
+        "(two people on one card come home together again and again; a burst of errands is "
+        "one afternoon)",
+    )
+    paired_min_share: float = Field(
+        default=0.08,
+        ge=0,
+        le=1,
+        description="... and at least this share of the card's swipes in the window",
+    )
     swipes_min_ratio: float = Field(
         default=1.5,
         ge=1,
@@ -252,6 +284,14 @@ class GroupRentalConfig(_Strict):
         "cards in daily use in the building): three times the energy and the evening spread is "
         "what three households make, and a large family's cards are mostly registered",
     )
+    explained_load_per_person: float = Field(
+        default=1.25,
+        gt=0,
+        description="... or at least this many times that of similar flats per registered "
+        "occupant, when that is lower: a registered couple accounts for up to 2.5 times a "
+        "similar flat's load (generous: a household's energy grows less than its size, one "
+        "fridge and one water heater whatever the number of people)",
+    )
     over_registration_margin: int = Field(
         default=2,
         ge=1,
@@ -295,6 +335,12 @@ class GroupRentalConfig(_Strict):
         ge=1,
         description="re-publish an open episode when the occupant estimate moves by this many",
     )
+
+    @model_validator(mode="after")
+    def _paired_bounds(self) -> GroupRentalConfig:
+        if self.paired_entry_min_s >= self.paired_entry_max_s:
+            raise ValueError("paired_entry_min_s must be below paired_entry_max_s")
+        return self
 
 
 class EbikeChargingSuspectedConfig(_Strict):
@@ -454,7 +500,12 @@ class EbikeChargingSuspectedConfig(_Strict):
         description="a bin whose readings spread by at most this (plus quiet_fraction of its "
         "level) is quiet: nothing switched and nothing fluctuated in it",
     )
-    quiet_va: float = Field(default=6.0, ge=0, description="the same for the non-active signal")
+    quiet_va: float = Field(
+        default=10.0,
+        ge=0,
+        description="the same for the non-active signal (a charger's current ripples by a few "
+        "per cent: 5-10 VA of a 100-300 VA step; a meter's 0.01 A resolution is 2.3 VA)",
+    )
     quiet_fraction: float = Field(default=0.03, ge=0, le=1)
     min_quiet_bins: int = Field(
         default=3,

@@ -32,7 +32,12 @@ Recognition by the non-active plateau (meters with voltage and current)
     (50-450 VA) is a new charger candidate, unless the simultaneous real-power step gives it a
     power factor above ``max_pf`` (0.78: fridges, fans, electronics, a shop opening), or it is
     below both 90 W and 60 VA (a laptop adapter or a phone: CC-CV too, no PFC below 75 W, but
-    an e-bike charger draws 100 W or more at the wall). Small rises in quick succession (at most
+    an e-bike charger draws 100 W or more at the wall). A real-power step larger than one
+    charger draws (over 1.5 x ``max_step_w``) means a heater or a cooker switched on in the same
+    window; resistive loads add no non-active power, so the candidate stands, and its power
+    factor is measured on the real-power envelope once that load is off (the envelope above
+    the step's base): before that it is not recognised, and it needs twice ``min_quiet_bins``.
+    Small rises in quick succession (at most
     two bins apart) add up to one step: a charger's soft start, or a step the envelope shows
     over two bins. A drop
     within ``match_tolerance`` (30 %) of a load's level is that load switched off; other drops
@@ -41,7 +46,14 @@ Recognition by the non-active plateau (meters with voltage and current)
     A candidate that has held for ``plateau_hold_s`` (40 min) after it showed in the envelope
     (so over an hour of charging), still at half its step or more, with at least
     ``min_quiet_bins`` (3) quiet bins while it was on (a charger draws a steady current), is
-    recognised. A plateau longer than ``max_plateau_s`` (10 h) is another continuous load.
+    recognised. A step below 80 VA may be a laptop and a phone (35-90 W at PF 0.6 is 23-60 VA
+    each, and a laptop charges for 1.5 h at most): it must hold 30 minutes longer (an e-bike
+    pack's CC phase is 1-6 h; a small lead-acid pack's 2 h or more). A plateau longer than
+    ``max_plateau_s`` (10 h) is another continuous load. Several candidates are tracked at
+    once (at most 8): the chargers of a group rental's evening each show as a step on top of
+    the others, and each is recognised on its own plateau. When the envelope declines while
+    several are on their plateau, the decline is given to the earliest first (which battery
+    reaches its taper first cannot be told from the sum).
 
 Recognition by the taper (every meter)
     A *run* is a sequence of bins over which the real-power envelope keeps falling (small rises
@@ -68,14 +80,11 @@ Raising and clearing
     ``stale_after_s`` (1 h, "silence", ``cleared_at`` = start of its last bin with a reading +
     ``stale_after_s``). ``cleared_at`` is otherwise the end of the bin that showed it. One
     session is one episode and a new one needs a new step and plateau, so an alert cannot flap.
-    One episode per meter at a time (the fleet keeps one open alert per subject and kind): a
-    second session recognised while one is open, whose step showed in the envelope at least one
-    bin after the open one's (a separate switch-on, not the same step seen twice), *hands
-    over*: the open episode clears at once (``ended_by`` = "next_session") and the new
-    session's episode is raised, so a second battery charged alongside the first is reported
-    while it charges. A session is raised at most once: the first is not raised again when the
-    second ends. A session recognised while another is open whose step showed earlier is raised
-    when that episode clears (if it is still charging).
+    Each session has its own episode: batteries charged together in one flat (a group rental
+    charges four or five an evening) give as many episodes, open at the same time (the fleet
+    files them under the flat's one open case). Episode ids are made of kind, subject and
+    raise time, so a session recognised in the same bin as another of the same meter is raised
+    at the meter's next bin.
 
 Time
     Bins are aligned on multiples of ``bin_s`` in POSIX time and close at the meter's first
@@ -88,8 +97,8 @@ Time
 Severity and updates
     ``high`` when any instant from the estimated start to the raise falls in night hours
     (22:00-06:00 site time: people asleep) or the step is at least ``high_step_w`` (300 W: a pack
-    beyond GB 17761); ``medium`` otherwise. A medium episode whose session runs into the night is
-    escalated to ``high`` (UPDATED, at the first bin closed in night hours); nothing else
+    beyond GB 17761); ``medium`` otherwise. Each medium episode whose session runs into the
+    night is escalated to ``high`` (UPDATED, at the first bin closed in night hours); nothing else
     re-publishes.
 
 Evidence
@@ -132,7 +141,6 @@ ENDED_BY_OFF = "switched_off"
 ENDED_BY_TIMEOUT = "timeout"
 ENDED_BY_SILENCE = "silence"
 ENDED_BY_LOAD = "other_load"
-ENDED_BY_NEXT = "next_session"
 
 RECOGNISED_BY_TAPER = "taper"
 RECOGNISED_BY_PLATEAU = "non_active_plateau"
@@ -147,6 +155,14 @@ _SMALL_W = 90.0
 _SMALL_VA = 60.0
 _RISE_GAP = 2  # bins between small rises that still add up to one step
 _MIN_TAPER_BINS = 3
+# A step below this non-active size may be a laptop or two (plus phones): 35-90 W at PF 0.6 is
+# 23-60 VA each, and a laptop charges for 1.5 h at most; such a step must hold this much longer
+# (an e-bike pack's CC phase is 1-6 h, a small lead-acid pack's 2 h or more).
+_SMALL_HOLD_VA = 80.0
+_SMALL_EXTRA_S = 1800.0
+# A step whose power factor had to wait (see _pf_settled) needs this many times min_quiet_bins.
+_DEFER_QUIET = 2
+_MAX_STEP_SHARE = 1.5  # a real-power step above this share of max_step_w is not one charger
 _STEP_SHARE = 0.7  # a bin's fall is a switch-off when one reading-to-reading fall is this much
 _FLOOR_CREEP = 0.02  # of the step scale per hour: the standby floor follows a slow rise
 _UNKNOWN = 0
@@ -185,8 +201,11 @@ class _Load:
 
     __slots__ = (
         "base",
+        "base_p",
         "charger",
         "created",
+        "episode",
+        "high",
         "level",
         "peak",
         "pf",
@@ -207,12 +226,16 @@ class _Load:
         self.created = created  # when the envelope showed the step
         self.base = base
         self.step_w: float | None = None  # the step in real power, when known
+        self.base_p: float | None = None  # the real-power envelope under the step, when its
+        # own real-power step was hidden by another load switched on with it (see _step)
         self.pf: float | None = None  # power factor of the step, when known
         self.charger = True
         self.taper_start: float | None = None  # None while on the plateau
         self.recognised = False
         self.recognised_by = ""
         self.reported = False  # an episode was raised for this session
+        self.episode: AlertEpisode | None = None  # the session's open episode
+        self.high = False  # its severity is high
         self.quiet = 0  # quiet bins (nothing switching or fluctuating) seen while it was on
         self.signal = _NON_ACTIVE  # what level, peak and base are measured in (VA or W)
 
@@ -232,17 +255,15 @@ class _Meter:
         "env_p",
         "env_pt",
         "env_t",
-        "episode",
         "excess",
         "floor",
-        "high",
         "hist",
         "index",
         "last",
         "last_bin",
         "loads",
         "mode",
-        "owner",
+        "open",
         "prev_env",
         "prev_p",
         "prev_t",
@@ -286,9 +307,7 @@ class _Meter:
         self.rise = self.rise_p = 0.0  # small rises of the envelope in quick succession
         self.rise_t = -_INF  # the latest of them
         self.floor = _INF  # standby level: the lowest envelope, creeping up slowly
-        self.episode: AlertEpisode | None = None
-        self.owner: _Load | None = None  # the candidate whose session the episode is
-        self.high = False
+        self.open: list[_Load] = []  # the sessions with an open episode, in the order raised
         self.scheduled: float | None = None
 
 
@@ -419,17 +438,17 @@ class EbikeChargingSuspectedRule:
         return volts * amps - power
 
     def open_episodes(self) -> list[AlertEpisode]:
-        return [st.episode for st in self._by_index if st.episode is not None]
+        return [x.episode for st in self._by_index for x in st.open if x.episode is not None]
 
     def finish(self) -> list[AlertEpisode]:
         now = self._now
         result: list[AlertEpisode] = []
         for st in self._by_index:
-            ep, owner = st.episode, st.owner
-            if ep is None or owner is None:
-                continue
-            evidence = self._evidence(st, owner, max(now, st.prev_t), None)
-            result.append(restate(ep, evidence=evidence))
+            for load in st.open:
+                ep = load.episode
+                assert ep is not None
+                evidence = self._evidence(st, load, max(now, st.prev_t), None)
+                result.append(restate(ep, evidence=evidence))
         return result
 
     # -- the envelope --------------------------------------------------------------------------
@@ -465,7 +484,7 @@ class EbikeChargingSuspectedRule:
                         env_p, env_pt = lp, t_in
             st.env, st.env_t, st.env_p, st.env_pt = env, env_t, env_p, env_pt
         if end - st.last_bin > self._max_gap:
-            st.loads = [x for x in st.loads if x is st.owner]
+            st.loads = [x for x in st.loads if x.episode is not None]
             st.excess = 0.0
             st.prev_env = None
             st.rise = st.rise_p = 0.0
@@ -531,8 +550,16 @@ class EbikeChargingSuspectedRule:
                 st.excess += delta
             elif delta < 0.0:
                 st.excess = max(0.0, st.excess + delta)
-        if st.episode is not None and not st.high and self._night(end):
-            self._escalate(st, end, out)
+        if st.open and self._night(end):
+            for load in st.open:
+                if not load.high:
+                    self._escalate(load, end, out)
+        for load in st.loads:
+            if load.recognised and load.charger and not load.reported:  # deferred (see _raise)
+                self._raise(st, load, end, out)
+        taper = st.run.load
+        if taper is not None and not taper.reported:
+            self._raise(st, taper, end, out)
 
     # -- the taper of the real-power envelope --------------------------------------------------
 
@@ -630,11 +657,9 @@ class EbikeChargingSuspectedRule:
 
     def _end_run(self, st: _Meter, at: float, ended_by: str, out: list[AlertChange]) -> None:
         load = st.run.load
-        if load is None or load is not st.owner:
+        if load is None or load.episode is None:
             return
-        ep = st.episode
-        assert ep is not None
-        self._clear(st, load, max(at, ep.raised_at.timestamp()), ended_by, out)
+        self._clear(st, load, max(at, load.episode.raised_at.timestamp()), ended_by, out)
 
     # -- the state machine ---------------------------------------------------------------------
 
@@ -649,21 +674,29 @@ class EbikeChargingSuspectedRule:
         out: list[AlertChange],
     ) -> None:
         cfg = self._cfg
-        if delta >= cfg.min_step_va:
+        if delta >= cfg.min_step_va and len(st.loads) >= _MAX_LOADS:
+            self._evict(st)  # loads with an open episode stay
             if len(st.loads) >= _MAX_LOADS:
-                self._evict(st)
+                st.excess += delta  # eight sessions open at once: no room for a ninth
+                delta = 0.0
+        if delta >= cfg.min_step_va:
             load = _Load(delta, at - max(self._window, self._bin), at, prev)
             load.charger = delta <= cfg.max_step_va
             load.quiet = sum(1 for entry in st.ring if entry[3])
             # The power factor of the step: too high, it is a fridge, a fan, electronics with
             # PFC, or a whole shop opening. A real-power step that fell (a heater switched off in
             # the same window) leaves it unknown.
-            if step_w > 0:
+            if step_w > _MAX_STEP_SHARE * cfg.max_step_w:
+                # More real power than one charger draws: a heater or a cooker switched on in
+                # the same window hides the step's own. Resistive loads add no non-active
+                # power, so the step may still be a charger: its power factor is measured once
+                # the real-power envelope has come down (see _pf_settled).
+                load.base_p = st.env_p - step_w
+            elif step_w > 0:
                 load.pf = step_w / (step_w + delta)
                 if load.pf > cfg.max_pf:
                     load.charger = False
-                if step_w <= 1.5 * cfg.max_step_w:
-                    load.step_w = step_w
+                load.step_w = step_w
                 # Small in both real and non-active power: a laptop adapter or a phone (also
                 # CC-CV, without PFC below 75 W), not an e-bike charger (100 W or more at the
                 # wall: a 48 V pack at 1.8 A or more).
@@ -681,7 +714,7 @@ class EbikeChargingSuspectedRule:
                 st.loads.remove(match)
                 if match.level > drop:
                     st.excess += match.level - drop
-                if match is st.owner:
+                if match.episode is not None:
                     self._clear(st, match, at, ENDED_BY_OFF, out)
         self._housekeeping(st, at, out)
 
@@ -696,14 +729,14 @@ class EbikeChargingSuspectedRule:
             return
         order = sorted(
             st.loads,
-            key=lambda x: (x is st.owner, x.recognised, x.charger, x.created),
+            key=lambda x: (x.episode is not None, x.recognised, x.charger, x.created),
         )
         for load in order:
             if total <= room + slack:
                 break
             st.loads.remove(load)
             total -= load.level
-            if load is st.owner:
+            if load.episode is not None:
                 self._clear(st, load, at, ENDED_BY_OFF, out)
         st.excess = 0.0
 
@@ -758,7 +791,7 @@ class EbikeChargingSuspectedRule:
         cfg = self._cfg
         if load.level <= max(cfg.tail_va, cfg.tail_fraction * load.peak):
             st.loads.remove(load)
-            if load is st.owner:
+            if load.episode is not None:
                 self._clear(st, load, at, ENDED_BY_TAIL, out)
 
     def _housekeeping(self, st: _Meter, at: float, out: list[AlertChange]) -> None:
@@ -772,20 +805,48 @@ class EbikeChargingSuspectedRule:
                 elif (
                     st.mode == _NON_ACTIVE
                     and not load.recognised
-                    and at - load.created >= cfg.plateau_hold_s
+                    and at - load.created >= self._hold(load)
                     and load.level >= cfg.recognise_fraction * load.peak
                     and load.quiet >= cfg.min_quiet_bins
+                    and self._pf_settled(st, load)
                 ):
                     self._recognise(st, load, at, RECOGNISED_BY_PLATEAU, out)
             elif at - load.taper_start > cfg.max_taper_s:
                 st.loads.remove(load)
-                if load is st.owner:
+                if load.episode is not None:
                     self._clear(st, load, at, ENDED_BY_TIMEOUT, out)
-        if st.episode is None:
-            for load in st.loads:
-                if load.recognised and load.charger and not load.reported:  # another session
-                    self._raise(st, load, at, out)
-                    break
+
+    def _hold(self, load: _Load) -> float:
+        """How long a candidate's plateau must hold after it showed in the envelope. A small
+        step (below ``_SMALL_HOLD_VA``) may be a laptop or two (CC-CV too, at most 1.5 h in
+        all): it must hold an extra ``_SMALL_EXTRA_S``; an e-bike pack charges for 2 h or more."""
+        if load.peak < _SMALL_HOLD_VA:
+            return self._cfg.plateau_hold_s + _SMALL_EXTRA_S
+        return self._cfg.plateau_hold_s
+
+    def _pf_settled(self, st: _Meter, load: _Load) -> bool:
+        """Whether the power factor of a step that came with a large resistive load is known
+        by now (that load has switched off: the real-power envelope above the step's base is
+        what one charger draws) and low enough for a charger."""
+        base_p = load.base_p
+        if base_p is None:
+            return True
+        cfg = self._cfg
+        if load.quiet < _DEFER_QUIET * cfg.min_quiet_bins:
+            return False
+        step_w = st.env_p - base_p
+        if step_w > _MAX_STEP_SHARE * cfg.max_step_w:
+            return False  # still hidden: wait
+        if step_w < cfg.min_step_w:
+            load.charger = False  # less than a charger draws: the non-active step is another load
+            return False
+        load.base_p = None
+        load.step_w = step_w
+        load.pf = step_w / (step_w + load.peak)
+        if load.pf > cfg.max_pf:
+            load.charger = False
+            return False
+        return True
 
     def _recognise(
         self, st: _Meter, load: _Load, at: float, by: str, out: list[AlertChange]
@@ -795,33 +856,22 @@ class EbikeChargingSuspectedRule:
         self._report(st, load, at, out)
 
     def _report(self, st: _Meter, load: _Load, at: float, out: list[AlertChange]) -> None:
-        """Raise the episode of a newly recognised session. While another session's episode
-        is open, a session whose step showed later hands over: the open episode clears
-        (``next_session``) and the new one is raised, so a second battery charged alongside
-        the first is reported while it charges, and the flat keeps one open episode."""
-        ep, owner = st.episode, st.owner
-        if ep is None:
-            self._raise(st, load, at, out)
-        elif (
-            owner is not None
-            and owner is not load
-            and load.created >= owner.created + self._bin
-            and ep.raised_at.timestamp() < at
-        ):
-            self._clear(st, owner, at, ENDED_BY_NEXT, out)
+        """Raise the episode of a newly recognised session. Each session has its own episode,
+        so a second battery charged alongside the first is reported while it charges."""
+        if not load.reported:
             self._raise(st, load, at, out)
 
     @staticmethod
     def _evict(st: _Meter) -> None:
         for load in st.loads:
-            if load is not st.owner:
+            if load.episode is None:
                 st.loads.remove(load)
                 return
 
     # -- deadlines (silence of a meter with an open episode) -----------------------------------
 
     def _reschedule(self, st: _Meter) -> None:
-        if st.episode is None:
+        if not st.open:
             return
         at = st.last + self._cfg.stale_after_s
         if st.scheduled is None or at < st.scheduled:
@@ -839,14 +889,14 @@ class EbikeChargingSuspectedRule:
             if st.scheduled != due:
                 continue
             st.scheduled = None
-            if st.episode is None or st.owner is None:
+            if not st.open:
                 continue
             at = st.last + stale
             if at <= due:
-                owner = st.owner
-                if owner in st.loads:
-                    st.loads.remove(owner)
-                self._clear(st, owner, at, ENDED_BY_SILENCE, out)
+                for load in st.open[:]:
+                    if load in st.loads:
+                        st.loads.remove(load)
+                    self._clear(st, load, at, ENDED_BY_SILENCE, out)
             else:
                 st.scheduled = at
                 deadlines.push(at, index)
@@ -858,49 +908,55 @@ class EbikeChargingSuspectedRule:
         return self._cal.in_hours(t, cfg.night_start_hour, cfg.night_end_hour)
 
     def _raise(self, st: _Meter, load: _Load, at: float, out: list[AlertChange]) -> None:
+        """Raise ``load``'s episode; when another session of the meter was raised at the same
+        instant (episode ids are made of kind, subject and raise time), it waits for the
+        meter's next bin."""
         cfg = self._cfg
+        raised = self._cal.dt(at)
+        if any(x.episode is not None and x.episode.raised_at == raised for x in st.open):
+            return
         high = (
             load.step_w is not None and load.step_w >= cfg.high_step_w
         ) or self._cal.hours_between(load.start, at, cfg.night_start_hour, cfg.night_end_hour)
-        st.high = high
-        st.owner = load
+        load.high = high
         load.reported = True
         ep = make_episode(
             KIND,
             Severity.HIGH if high else Severity.MEDIUM,
             st.subject,
-            raised_at=self._cal.dt(at),
+            raised_at=raised,
             evidence=self._evidence(st, load, at, None),
             scope=self._scope,
         )
-        st.episode = ep
+        load.episode = ep
+        st.open.append(load)
         out.append(AlertChange(Change.RAISED, ep))
         self._reschedule(st)
 
-    def _escalate(self, st: _Meter, at: float, out: list[AlertChange]) -> None:
-        ep, owner = st.episode, st.owner
+    def _escalate(self, load: _Load, at: float, out: list[AlertChange]) -> None:
+        ep = load.episode
         assert ep is not None
-        assert owner is not None
-        st.high = True
-        new = restate(ep, severity=Severity.HIGH, evidence=self._evidence(st, owner, at, None))
-        st.episode = new
+        load.high = True
+        # the meter is only needed for the evidence's figures, which come from the load
+        new = restate(ep, severity=Severity.HIGH, evidence=self._evidence(None, load, at, None))
+        load.episode = new
         out.append(AlertChange(Change.UPDATED, new))
 
     def _clear(
         self, st: _Meter, load: _Load, at: float, ended_by: str, out: list[AlertChange]
     ) -> None:
-        ep = st.episode
+        ep = load.episode
         assert ep is not None
         cleared = restate(
             ep, evidence=self._evidence(st, load, at, ended_by), cleared_at=self._cal.dt(at)
         )
         out.append(AlertChange(Change.CLEARED, cleared))
-        st.episode = None
-        st.owner = None
-        st.high = False
+        load.episode = None
+        load.high = False
+        st.open.remove(load)
 
     def _evidence(
-        self, st: _Meter, load: _Load, until: float, ended_by: str | None
+        self, st: _Meter | None, load: _Load, until: float, ended_by: str | None
     ) -> dict[str, EvidenceValue]:
         cal = self._cal
         cfg = self._cfg
