@@ -37,6 +37,10 @@ STATE_LABELS: dict[str, dict[Lang, str]] = {
 
 LABELS: dict[str, dict[Lang, str]] = {
     "app_title": {"zh": "群租与电动车充电隐患监测", "en": "Group rental and e-bike fire hazards"},
+    "fleet_by_building": {
+        "zh": "各楼栋网关（离线多的在前）",
+        "en": "Gateways by building (most offline first)",
+    },
     "gateways": {"zh": "网关", "en": "Gateways"},
     "gateway": {"zh": "网关", "en": "Gateway"},
     "online": {"zh": "在线", "en": "online"},

@@ -172,6 +172,36 @@ def fleet_health(
     return [(row[0], row[1], row[2]) for row in rows], total
 
 
+BUILDINGS_SHOWN = 20  # buildings in the fleet page's summary (darkest first)
+
+
+def fleet_by_building(session: Session, user: Principal, limit: int) -> list[dict[str, Any]]:
+    """The user's buildings with gateways: how many, how many offline; darkest first."""
+    offline = sa.func.sum(sa.case((Gateway.online.is_(False), 1), else_=0))
+    stmt = scope_filter(
+        sa.select(
+            Building.id,
+            Compound.name,
+            Building.name,
+            sa.func.count(Gateway.gateway_id),
+            offline,
+        )
+        .join(Entrance, Entrance.id == Gateway.entrance_id)
+        .join(Building, Building.id == Entrance.building_id)
+        .join(Compound, Compound.id == Building.compound_id)
+        .group_by(Building.id, Compound.name, Building.name),
+        user,
+        Building.compound_id,
+    )
+    rows = session.execute(
+        stmt.order_by(offline.desc(), Compound.name, Building.name).limit(limit)
+    ).all()
+    return [
+        {"id": b_id, "compound": c_name, "building": b_name, "total": n, "offline": int(off or 0)}
+        for b_id, c_name, b_name, n, off in rows
+    ]
+
+
 def scoped_entrances(session: Session, user: Principal) -> list[dict[str, Any]]:
     """The entrances of the user's compounds, for the installer's "new gateway" form."""
     stmt = scope_filter(
@@ -820,6 +850,7 @@ def make_router(settings: Settings) -> APIRouter:
                 "gateways": gateways,
                 "total": total,
                 "offline_total": offline or 0,
+                "buildings": fleet_by_building(session, user, BUILDINGS_SHOWN),
                 "online_filter": online or "",
                 "pager": _pager(request, page, total),
             },

@@ -177,6 +177,14 @@ async def test_gateway_page_charts_the_stored_heartbeats_and_lists_devices(
         assert f'href="/gateways/{gw}"' in row
         assert re.search(r'class="backlog">2<', row)
         assert re.search(r'class="trouble offline">1<', row)
+        # The summary by building: this compound's building, its one gateway online, and not
+        # the other compound's building.
+        by_building = _section(fleet.text, "buildings")
+        assert f'id="building-{seed.a.building}"' in by_building
+        assert f'id="building-{seed.b.building}"' not in by_building
+        building_row = _section(by_building, f"building-{seed.a.building}")
+        assert re.search(r'class="total">1<', building_row)
+        assert re.search(r'class="dark">0<', building_row)
 
         english = await client.get(f"/gateways/{gw}", params={"lang": "en"})
         assert "Heartbeats, last 24 hours" in english.text and "silent" in english.text
