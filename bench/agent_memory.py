@@ -3,12 +3,24 @@
 
     python bench/agent_memory.py --url mqtt://127.0.0.1:1883 --seconds 60 --runs 3
 
+To measure a deployment setting, pass it to the agent: ``--agent-env MALLOC_ARENA_MAX=1`` (an
+environment variable, repeatable) or ``--python-option=-OO`` (an interpreter option, repeatable).
+
 Starts ``firmware-sim building --flats 32`` (32 Modbus meters, one serial reader, BLE adverts),
 a second ``firmware-sim card-reader`` on its own pty, and ``edge-agent run`` configured with
 the 32 meters, both readers and 20 of the sensors; samples the agent process's RSS (VmRSS) and
 reports the figure after the warm-up and the peak, per run and the median over the runs. For
-comparison it prints the RSS of interpreters that only import what such an agent loads, and
-what an agent with no Modbus, BLE or serial devices loads.
+comparison it prints the RSS of interpreters that only import what such an agent loads, the same
+without the BLE driver (what the BLE stack costs), with an encrypted sensor's ``cryptography``
+as well, and what an agent with no Modbus, BLE or serial devices loads.
+
+The simulated adverts come over a TCP feed, so the agent never loads bleak's BlueZ backend; on a
+Raspberry Pi scanning the radio it does (``bleak.backends.bluezdbus`` with dbus-fast). With
+``--radio both`` (the default) each run is made twice: once as is (``feed``) and once with that
+backend imported into the agent process before it starts (``bluez``, as on a Pi); the ``bluez``
+median is the figure against the goal. ``--radio feed`` or ``--radio bluez`` runs one of them;
+``--radio bluez-key`` also imports ``cryptography``'s AES-CCM into the agent, as a gateway with
+an encrypted sensor loads it (the simulated building's sensors send in clear).
 """
 
 from __future__ import annotations
@@ -57,10 +69,23 @@ WITH_DEVICES = (
     "drivers.serial_card",
     "drivers.ble_charging",
 )
+NO_BLE = WITH_DEVICES[:-1]
+BLUEZ_BACKEND = "bleak.backends.bluezdbus.scanner"
+"""What ``BleakScanner`` imports on Linux when it starts (the manager and dbus-fast with it)."""
+WITH_RADIO = (*WITH_DEVICES, BLUEZ_BACKEND)
+WITH_RADIO_AND_KEY = (*WITH_RADIO, "cryptography.hazmat.primitives.ciphers.aead")
+# `edge-agent run` with bleak's BlueZ backend (and AES-CCM) already imported, as on a gateway
+# scanning the radio (with an encrypted sensor).
+AGENT_WITH = "import sys, {}; from edge_agent.cli import main; main(sys.argv[1:])"
+PRELOAD = {
+    "feed": (),
+    "bluez": (BLUEZ_BACKEND,),
+    "bluez-key": (BLUEZ_BACKEND, WITH_RADIO_AND_KEY[-1]),
+}
 NO_DEVICES = ("edge_agent.cli", "edge_agent.agent")
 
 
-def import_baseline(modules: tuple[str, ...]) -> float:
+def import_baseline(modules: tuple[str, ...], options: tuple[str, ...] = ()) -> float:
     """RSS of an interpreter that only imported ``modules`` (no devices, no data)."""
     code = (
         f"import pathlib, {', '.join(modules)};"
@@ -68,9 +93,20 @@ def import_baseline(modules: tuple[str, ...]) -> float:
         " if l.startswith('VmRSS:')][0].split()[1])"
     )
     out = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
+        [sys.executable, *options, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=True,
     )
     return int(out.stdout.strip()) / 1024
+
+
+MODES = {
+    "feed": "feed only",
+    "bluez": "BlueZ backend imported, as on a Pi",
+    "bluez-key": "BlueZ backend and AES-CCM imported, as on a Pi with an encrypted sensor",
+}
 
 
 @dataclass(frozen=True)
@@ -82,7 +118,7 @@ class Run:
     work: Path
 
 
-def run_once(args: argparse.Namespace) -> Run:
+def run_once(args: argparse.Namespace, *, mode: str) -> Run:
     work = Path(tempfile.mkdtemp(prefix="agent-memory-"))
     endpoints_file = work / "building.json"
     py = sys.executable
@@ -121,8 +157,12 @@ def run_once(args: argparse.Namespace) -> Run:
         cfg = work / "agent.toml"
         cfg.write_text(tomli_w.dumps(config))
         agent = subprocess.Popen(
-            [py, "-m", "edge_agent", "run", "--config", str(cfg)],
+            [py, *args.python_option,
+             *(("-c", AGENT_WITH.format(", ".join(PRELOAD[mode]))) if PRELOAD[mode]
+               else ("-m", "edge_agent")),
+             "run", "--config", str(cfg)],
             stdout=logs[2], stderr=subprocess.STDOUT, cwd=ROOT,
+            env={**os.environ, **dict(kv.split("=", 1) for kv in args.agent_env)},
         )  # fmt: skip
         procs.append(agent)
         samples: list[tuple[float, float]] = []
@@ -133,10 +173,12 @@ def run_once(args: argparse.Namespace) -> Run:
             samples.append((elapsed, rss_mib(agent.pid)))
             time.sleep(1.0)
         after = [r for t, r in samples if t >= args.warmup]
+        settings = " ".join([*args.python_option, *args.agent_env]) or "defaults"
+        settings += f", {MODES[mode]}"
         print(
             f"run: {meters} meters, {len(config['serial_readers'])} readers, "
             f"{len(config['ble']['sensors'])} BLE sensors, broker {args.url}, "
-            f"{args.seconds:.0f} s, logs in {work}"
+            f"{args.seconds:.0f} s, agent settings: {settings}, logs in {work}"
         )
         return Run(
             after[0], max(r for _, r in samples), samples[-1][1], private_mib(agent.pid), work
@@ -159,24 +201,66 @@ def main() -> None:
     p.add_argument("--seconds", type=float, default=60.0, help="how long to run the agent")
     p.add_argument("--warmup", type=float, default=15.0)
     p.add_argument("--runs", type=int, default=3, help="the median of the runs is reported")
-    args = p.parse_args()
-    runs = [run_once(args) for _ in range(args.runs)]
-    with_devices = statistics.median(import_baseline(WITH_DEVICES) for _ in range(3))
-    no_devices = statistics.median(import_baseline(NO_DEVICES) for _ in range(3))
-    print(
-        f"\n{'run':>6} {'RSS after warm-up':>18} {'peak RSS':>9} {'last RSS':>9}"
-        f" {'last USS':>9}  (MiB)"
+    p.add_argument(
+        "--radio",
+        choices=("both", *MODES),
+        default="both",
+        help="run the agent as is (feed), with bleak's BlueZ backend imported (bluez), with "
+        "that and cryptography's AES-CCM (bluez-key), or feed and bluez (both)",
     )
-    for i, r in enumerate(runs, 1):
-        print(f"{i:>6} {r.after_warmup:>18.1f} {r.peak:>9.1f} {r.last:>9.1f} {r.uss:>9.1f}")
-    med = [
-        statistics.median(getattr(r, f) for r in runs)
-        for f in ("after_warmup", "peak", "last", "uss")
-    ]
-    print(f"{'median':>6} {med[0]:>18.1f} {med[1]:>9.1f} {med[2]:>9.1f} {med[3]:>9.1f}")
+    p.add_argument(
+        "--agent-env",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an environment variable for the agent (repeatable)",
+    )
+    p.add_argument(
+        "--python-option",
+        action="append",
+        default=[],
+        metavar="OPTION",
+        help="an interpreter option for the agent, e.g. --python-option=-OO (repeatable)",
+    )
+    args = p.parse_args()
+    bad = [kv for kv in args.agent_env if "=" not in kv or kv.startswith("=")]
+    if bad:
+        p.error(f"--agent-env takes KEY=VALUE, got {bad}")
+    modes = ("feed", "bluez") if args.radio == "both" else (args.radio,)
+    results = {mode: [run_once(args, mode=mode) for _ in range(args.runs)] for mode in modes}
+    options = tuple(args.python_option)
+    with_devices, no_ble, no_devices, with_radio, with_key = (
+        statistics.median(import_baseline(modules, options) for _ in range(3))
+        for modules in (WITH_DEVICES, NO_BLE, NO_DEVICES, WITH_RADIO, WITH_RADIO_AND_KEY)
+    )
+    medians = {}
+    for mode, runs in results.items():
+        what = MODES[mode]
+        print(
+            f"\n{mode} ({what})\n{'run':>6} {'RSS after warm-up':>18} {'peak RSS':>9}"
+            f" {'last RSS':>9} {'last USS':>9}  (MiB)"
+        )
+        for i, r in enumerate(runs, 1):
+            print(f"{i:>6} {r.after_warmup:>18.1f} {r.peak:>9.1f} {r.last:>9.1f} {r.uss:>9.1f}")
+        med = [
+            statistics.median(getattr(r, f) for r in runs)
+            for f in ("after_warmup", "peak", "last", "uss")
+        ]
+        medians[mode] = med
+        print(f"{'median':>6} {med[0]:>18.1f} {med[1]:>9.1f} {med[2]:>9.1f} {med[3]:>9.1f}")
     print(
         f"imports only (median of 3): {with_devices:.1f} MiB with this config's driver stacks, "
-        f"{no_devices:.1f} MiB with no Modbus/BLE/serial devices"
+        f"{no_ble:.1f} MiB without the BLE driver (its stack: {with_devices - no_ble:.1f} MiB), "
+        f"{with_radio:.1f} MiB with the BlueZ backend as well, {with_key:.1f} MiB with that and "
+        f"an encrypted sensor's cryptography, {no_devices:.1f} MiB with no Modbus/BLE/serial "
+        "devices"
+    )
+    mode = "bluez" if "bluez" in medians else modes[-1]
+    peak = medians[mode][1]
+    goal_mib = 60e6 / 2**20
+    print(
+        f"figure against the goal ({mode}): peak {peak:.1f} MiB = {peak * 2**20 / 1e6:.1f} MB; "
+        f"goal <= 60 MB ({goal_mib:.1f} MiB): {'met' if peak <= goal_mib else 'not met'}"
     )
 
 

@@ -3,11 +3,12 @@
 The sensors are passive advertisers: each advert carries BTHome service data (UUID 0xFCD2) with
 a packet id (object 0x00), power (0x0B, W) and "battery charging" (0x16, binary), in clear or
 encrypted (AES-CCM with a per-sensor 16-byte bindkey, 4-byte MIC, nonce = MAC + ``D2 FC`` +
-device-info byte + 4-byte counter). Parsing and decryption are the ``bthome-ble`` package's;
-:class:`SensorDecoder` adds what a gateway needs on top (duplicates collapsed, a counter that
-goes backwards rejected as a replay, every rejection classified) and maps the result to
-:class:`contract.events.ChargingSensorReading`. :class:`BleChargingSensors` is the driver, with
-a watchdog that restarts a scanner that went deaf.
+device-info byte + 4-byte counter). Parsing and decryption are :mod:`drivers.bthome`'s (the
+project's own BTHome v2 decoder; bthome-ble's import graph alone is 13 MiB of the gateway's
+60 MB); :class:`SensorDecoder` adds what a gateway needs on top (duplicates collapsed, a
+counter that goes backwards rejected as a replay, every rejection classified) and maps the
+result to :class:`contract.events.ChargingSensorReading`. :class:`BleChargingSensors` is the
+driver, with a watchdog that restarts a scanner that went deaf.
 
 Adverts arrive through an :class:`AdvertSource`, which calls a callback with bleak's own
 ``BLEDevice`` and ``AdvertisementData`` (the signature of bleak's ``detection_callback``):
@@ -38,9 +39,6 @@ from bleak.assigned_numbers import AdvertisementDataType
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
 from bleak.exc import BleakError
-from bthome_ble import BTHomeBluetoothDeviceData
-from habluetooth import BluetoothServiceInfoBleak
-from sensor_state_data import DeviceKey, SensorUpdate
 
 from contract.events import ChargingSensorReading, DeviceFault
 from drivers.base import (
@@ -52,12 +50,21 @@ from drivers.base import (
     cancel_and_wait,
     utc_now,
 )
+from drivers.bthome import (
+    BtHomeCipher,
+    BtHomeError,
+    BtHomeHeader,
+    BtHomePacket,
+    decode,
+    parse_bthome_header,
+)
 
 log = logging.getLogger(__name__)
 
 BTHOME_UUID = "0000fcd2-0000-1000-8000-00805f9b34fb"
-_CHARGING_KEY = DeviceKey(key="battery_charging", device_id=None)
-_POWER_KEY = DeviceKey(key="power", device_id=None)
+_CHARGING = 0x16  # binary "battery charging"
+_POWERS = (0x0B, 0x5C)  # power: unsigned 3 bytes, signed 4 bytes (0.01 W)
+_PACKET_ID_WINDOW = 64  # a packet id up to 63 ahead (mod 256) is newer, see SensorDecoder
 _MAC = re.compile(r"^[0-9A-F]{2}(:[0-9A-F]{2}){5}$")
 
 AdvertCallback = Callable[[BLEDevice, AdvertisementData], None]
@@ -238,39 +245,6 @@ class FeedAdvertSource:
 # -- the BTHome decoder of one sensor (synchronous, no IO) -------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class BtHomeHeader:
-    """What the first byte and the framing of BTHome v2 service data say."""
-
-    device_info: int
-    encrypted: bool
-    trigger_based: bool
-    mac_included: bool
-    counter: int | None
-    """The AES-CCM counter of an encrypted advert (4 bytes before the MIC, little-endian)."""
-
-
-def parse_bthome_header(data: bytes) -> BtHomeHeader | None:
-    """The header of BTHome v2 service data, or None if it is not BTHome v2 (wrong version
-    bits, too short to hold what its flags promise)."""
-    if not data or data[0] >> 5 != 2:
-        return None
-    info = data[0]
-    encrypted, mac_included = bool(info & 0x01), bool(info & 0x02)
-    body = data[7:] if mac_included else data[1:]
-    if mac_included and len(data) < 7:
-        return None
-    counter = None
-    if encrypted:
-        if len(body) < _MIN_CIPHERTEXT + 8:  # ciphertext, 4-byte counter, 4-byte MIC
-            return None
-        counter = int.from_bytes(body[-8:-4], "little")
-    return BtHomeHeader(info, encrypted, bool(info & 0x04), mac_included, counter)
-
-
-_MIN_CIPHERTEXT = 2  # bthome-ble's minimum for a v2 payload
-
-
 RejectReason = Literal["unparseable", "duplicate", "decrypt_failed", "replayed"]
 
 
@@ -285,18 +259,20 @@ class Rejected:
 class SensorDecoder:
     """One sensor's adverts -> readings: dedupe, decryption, replay protection, mapping.
 
-    Synchronous and free of IO (the driver and the installer's scan share it). bthome-ble parses
-    and decrypts; this class decides what the outcome means:
+    Synchronous and free of IO (the driver and the installer's scan share it).
+    :func:`drivers.bthome.decode` parses and decrypts; this class decides what the outcome
+    means:
 
-    - the same service data again within ``dedupe_window_s``: ``duplicate`` (a BLE device
-      repeats each packet a few times);
+    - the same service data again within ``dedupe_window_s``, or a packet id (object 0x00) that
+      is not newer than the last accepted one within that window (a repeat heard late):
+      ``duplicate`` (a BLE device repeats each packet a few times);
     - a sensor with a bindkey sending plaintext, a sensor without one sending ciphertext, or a
       MIC that does not verify (wrong key, forged packet): ``decrypt_failed``;
-    - an encrypted advert whose counter is not above the last accepted one: ``replayed``.
-      bthome-ble lets a counter below 100 restart silently; here a counter may restart only
-      after the sensor was silent for ``counter_restart_after_s`` (a battery change), so a
-      recorded early packet cannot be replayed at any time;
-    - anything else without a new "battery charging" state: ``unparseable``.
+    - an encrypted advert whose counter is not above the last accepted one: ``replayed``. A
+      counter may restart only after the sensor was silent for ``counter_restart_after_s`` (a
+      battery change), so a recorded early packet cannot be replayed at any time;
+    - anything the decoder refuses (cut short, an unknown object id, ...) or without exactly one
+      "battery charging" state: ``unparseable``.
     """
 
     def __init__(
@@ -312,7 +288,7 @@ class SensorDecoder:
             raise DriverConfigError(f"sensor {sensor_id!r}: a bindkey is 16 bytes (32 hex digits)")
         self.sensor_id = sensor_id
         self.encrypted = bindkey is not None
-        self._parser = BTHomeBluetoothDeviceData(bindkey)
+        self._cipher = BtHomeCipher(bindkey) if bindkey is not None else None
         self._dedupe_window_s = dedupe_window_s
         self._restart_after_s = counter_restart_after_s
         self._source = source_name
@@ -320,9 +296,7 @@ class SensorDecoder:
         self.last_counter: int | None = None
         self._last_payload: bytes | None = None
         self._last_accepted: datetime | None = None
-        # The parser's values are cumulative: a value object it did not replace is not new.
-        self._last_charging: object = None
-        self._last_power: object = None
+        self._last_packet_id: int | None = None
 
     def feed(
         self, device: BLEDevice, advert: AdvertisementData, ts: datetime
@@ -331,11 +305,10 @@ class SensorDecoder:
         if not payload:
             return Rejected("unparseable", "no BTHome service data")
         self.last_seen = ts
-        if (
-            payload == self._last_payload
-            and self._last_accepted is not None
-            and (ts - self._last_accepted).total_seconds() < self._dedupe_window_s
-        ):
+        since_accepted = (
+            (ts - self._last_accepted).total_seconds() if self._last_accepted else math.inf
+        )
+        if payload == self._last_payload and since_accepted < self._dedupe_window_s:
             return Rejected("duplicate", "the same packet again")
         header = parse_bthome_header(payload)
         if header is None:
@@ -345,46 +318,58 @@ class SensorDecoder:
         if header.encrypted and not self.encrypted:
             return Rejected("decrypt_failed", "encrypted advert but no bindkey is configured")
         counter = header.counter
-        if counter is not None and self.last_counter is not None and counter <= self.last_counter:
-            silent_s = (
-                (ts - self._last_accepted).total_seconds() if self._last_accepted else math.inf
-            )
-            if silent_s < self._restart_after_s:
-                return Rejected(
-                    "replayed", f"counter {counter} is not above the last one ({self.last_counter})"
-                )
-            self._parser.reset_encryption_counter()  # a restarted sensor (battery change)
-        info = BluetoothServiceInfoBleak.from_scan(
-            source=self._source,
-            device=device,
-            advertisement_data=advert,
-            monotonic_time=ts.timestamp(),
-            connectable=False,
-        )
-        try:
-            update: SensorUpdate = self._parser.update(info)
-        except Exception:  # a third-party parser fed hostile bytes: a bad advert, not a crash
-            return Rejected("unparseable", "the BTHome parser refused the advert")
-        if counter is not None:
-            if self._parser.decryption_failed or self._parser.encryption_counter != counter:
-                return Rejected("decrypt_failed", "the MIC does not verify: wrong bindkey?")
-            self.last_counter = counter
-        charging = update.binary_entity_values.get(_CHARGING_KEY)
-        if charging is None or charging is self._last_charging or charging.native_value is None:
-            return Rejected("unparseable", "no battery-charging state in the advert")
-        power = update.entity_values.get(_POWER_KEY)
-        power_w: float | None = None
         if (
-            power is not None
-            and power is not self._last_power
-            and isinstance(power.native_value, int | float)
-            and math.isfinite(power.native_value)
-            and power.native_value >= 0  # a charger draws; a signed 0x5C object may say < 0
+            counter is not None
+            and self.last_counter is not None
+            and counter <= self.last_counter
+            and since_accepted < self._restart_after_s
         ):
-            power_w = float(power.native_value)
-        self._last_charging, self._last_power = charging, power
+            return Rejected(
+                "replayed", f"counter {counter} is not above the last one ({self.last_counter})"
+            )
+        try:
+            packet = decode(payload, mac=device.address, cipher=self._cipher)
+        except BtHomeError as exc:
+            if exc.reason == "mic_failed":
+                return Rejected("decrypt_failed", "the MIC does not verify: wrong bindkey?")
+            if exc.reason == "no_key":
+                return Rejected("decrypt_failed", str(exc))
+            return Rejected("unparseable", str(exc))
+        if counter is not None:
+            self.last_counter = counter  # authentic (the MIC verified), even if not a reading
+        if self._stale_packet_id(packet, since_accepted):
+            return Rejected(
+                "duplicate",
+                f"packet id {packet.packet_id} is not newer than the last one "
+                f"({self._last_packet_id})",
+            )
+        charging = packet.measurements_of(_CHARGING)
+        if len(charging) != 1:
+            detail = "no battery-charging state in the advert"
+            if charging:
+                detail = f"{len(charging)} battery-charging states in one advert"
+            return Rejected("unparseable", detail)
+        power = packet.measurements_of(*_POWERS)
+        power_w: float | None = None
+        if len(power) == 1:
+            value = power[0].value
+            if (
+                isinstance(value, int | float)
+                and math.isfinite(value)
+                and value >= 0  # a charger draws; a signed 0x5C object may say < 0
+            ):
+                power_w = float(value)
         self._last_payload, self._last_accepted = payload, ts
-        return ChargingSensorReading(ts, self.sensor_id, bool(charging.native_value), power_w)
+        self._last_packet_id = packet.packet_id
+        return ChargingSensorReading(ts, self.sensor_id, bool(charging[0].value), power_w)
+
+    def _stale_packet_id(self, packet: BtHomePacket, since_accepted: float) -> bool:
+        """A packet id at most as new as the last accepted one (ids wrap at 256; one up to 63
+        ahead counts as newer), heard within the dedupe window: a late repeat."""
+        last, new = self._last_packet_id, packet.packet_id
+        if last is None or new is None or since_accepted >= self._dedupe_window_s:
+            return False
+        return not 0 < (new - last) % 256 < _PACKET_ID_WINDOW
 
 
 # -- the driver ---------------------------------------------------------------------------------

@@ -94,9 +94,6 @@ def main(argv: list[str] | None = None) -> None:
     # pymodbus logs an ERROR with a frame dump on every timeout; the meter driver reports the
     # fault once when it starts and once when it ends, which is what an installer needs.
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
-    # bthome-ble warns on every advert it cannot decrypt; the BLE driver counts those
-    # (decrypt_failed) and reports a device fault once.
-    logging.getLogger("bthome_ble").setLevel(logging.ERROR)
     try:
         if args.command == "scan":
             from edge_agent.scan_cli import run_scan  # noqa: PLC0415

@@ -1,10 +1,11 @@
 """Build the configured drivers (the factory of style habit 3: the agent picks real ones).
 
 Each driver module is imported only when the config asks for a driver of its kind: pymodbus
-only with a Modbus bus, the BLE stack (bleak, habluetooth, bthome-ble with ``cryptography``,
-about 13 MiB resident) only with BLE sensors, pyserial only with serial readers or DL/T 645
-lines. On a gateway that has no such device the agent never loads them (an operator sees it as
-resident memory; tests/edge_agent/test_lazy_imports.py checks it).
+only with a Modbus bus, the BLE stack (bleak and the project's BTHome decoder;
+``cryptography`` only for a sensor with a bindkey) only with BLE sensors, pyserial only with
+serial readers or DL/T 645 lines. On a gateway that has no such device the agent never loads
+them (an operator sees it as resident memory; tests/edge_agent/test_lazy_imports.py checks
+it).
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 :func:`scan_ble` listens for ``seconds`` through an advert source (the radio through bleak, or
 the simulator's feed) and lists every device that sends BTHome v2 service data, strongest
 first: its RSSI (last and best), how many adverts arrived, whether it encrypts, and its last
-values (parsed with bthome-ble; encrypted sensors only when their bindkey is given). The result
-renders as the agent's ``[ble]`` TOML (:meth:`BleScanResult.as_config_snippet`); bindkeys are
-never printed, the snippet leaves a placeholder to paste them into.
+values (decoded with :mod:`drivers.bthome`; encrypted sensors only when their bindkey is
+given). The result renders as the agent's ``[ble]`` TOML
+(:meth:`BleScanResult.as_config_snippet`); bindkeys are never printed, the snippet leaves a
+placeholder to paste them into.
 
 Placement rule of thumb (docs/devices/ble-sensors.md): a sensor heard at -85 dBm or weaker, or
 only a few times in a minute, will drop out; move the gateway or the sensor.
@@ -15,22 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from bleak.backends.device import BLEDevice
 from bleak.backends.scanner import AdvertisementData
-from bthome_ble import BTHomeBluetoothDeviceData
-from habluetooth import BluetoothServiceInfoBleak
 
-from drivers.ble_charging import BTHOME_UUID, AdvertSource, parse_bthome_header
+from drivers.ble_charging import BTHOME_UUID, AdvertSource
+from drivers.bthome import BtHomeCipher, BtHomeError, decode, parse_bthome_header
 
 __all__ = ["WEAK_RSSI_DBM", "BleScanResult", "FoundSensor", "as_config_snippet", "scan_ble"]
 
 WEAK_RSSI_DBM = -85
 """Sensors heard only this weakly (or weaker) will drop out now and then."""
-_SKIP = frozenset({"signal_strength", "packet_id"})
 
 Progress = Callable[[float, float], None]
 """``progress(elapsed_s, total_s)``, a few times a second."""
@@ -46,7 +44,8 @@ class FoundSensor:
     adverts: int
     encrypted: bool
     values: Mapping[str, float | int | bool | str]
-    """Last values by bthome-ble key (power, battery, battery_charging, ...); empty when the
+    """Last values by BTHome name (power, battery, battery_charging, ...; raw bytes as hex,
+    timestamps left out); empty when the
     sensor encrypts and its key was not given."""
     decrypted: bool | None = None
     """Encrypted sensors whose key was given: did it decrypt? None otherwise."""
@@ -79,8 +78,7 @@ class _Heard:
     name: str | None
     rssi: int
     best_rssi: int
-    parser: BTHomeBluetoothDeviceData
-    keyed: bool
+    cipher: BtHomeCipher | None
     adverts: int = 0
     encrypted: bool = False
     decrypted: bool | None = None
@@ -114,35 +112,27 @@ async def scan_ble(
         h = heard.get(mac)
         if h is None:
             key = keys.get(mac)
-            h = heard[mac] = _Heard(
-                mac,
-                device.name,
-                advert.rssi,
-                advert.rssi,
-                BTHomeBluetoothDeviceData(key),
-                key is not None,
-            )
+            cipher = BtHomeCipher(key) if key is not None else None
+            h = heard[mac] = _Heard(mac, device.name, advert.rssi, advert.rssi, cipher)
         h.adverts += 1
         h.rssi, h.best_rssi = advert.rssi, max(h.best_rssi, advert.rssi)
         h.name = advert.local_name or h.name
         h.encrypted = header.encrypted
-        if header.encrypted and not h.keyed:
+        if header.encrypted and h.cipher is None:
             return
-        info = BluetoothServiceInfoBleak.from_scan("scan", device, advert, time.monotonic(), False)
         try:
-            update = h.parser.update(info)
-        except Exception:  # hostile bytes: the advert is just not shown
+            packet = decode(data or b"", mac=device.address, cipher=h.cipher)
+        except BtHomeError as exc:  # a bad advert is just not shown
+            if header.encrypted and exc.reason == "mic_failed":
+                h.decrypted = False
             return
         if header.encrypted:
-            h.decrypted = not h.parser.decryption_failed
-            if not h.decrypted:
-                return
-        for key_, value in update.entity_values.items():
-            if key_.key not in _SKIP and isinstance(value.native_value, int | float | str):
-                h.values[key_.key] = value.native_value
-        for key_, bvalue in update.binary_entity_values.items():
-            if bvalue.native_value is not None:
-                h.values[key_.key] = bool(bvalue.native_value)
+            h.decrypted = True
+        for m in packet.measurements:
+            if isinstance(m.value, bytes):
+                h.values[m.key] = m.value.hex()
+            elif isinstance(m.value, int | float | str):  # bool is an int
+                h.values[m.key] = m.value
 
     loop = asyncio.get_running_loop()
     started = loop.time()

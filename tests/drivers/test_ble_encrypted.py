@@ -169,7 +169,7 @@ ON = ChargingSensorReading(T0, SENSOR, True, 180.0)
             None,
             [b"\x40\x0b\x01", b"\x20\x01\x02", b"\xff" * 8],
             [
-                Rejected("unparseable", "no battery-charging state in the advert"),
+                Rejected("unparseable", "cut short: object 0x0B at byte 0 needs 3 bytes, 1 left"),
                 Rejected("unparseable", "not BTHome v2 service data"),
                 Rejected("unparseable", "not BTHome v2 service data"),
             ],
