@@ -174,6 +174,15 @@ def _database_url(args: argparse.Namespace) -> str:
         _fail(f"configuration error: {_config_error(exc)}", EXIT_CONFIG)
 
 
+def _timezone() -> str:
+    from fleet.settings import RegisterSettings  # noqa: PLC0415
+
+    try:
+        return RegisterSettings().display_timezone
+    except ValidationError as exc:
+        _fail(f"configuration error: {_config_error(exc)}", EXIT_CONFIG)
+
+
 def _cmd_migrate(args: argparse.Namespace) -> None:
     from fleet.db import migrate  # noqa: PLC0415
 
@@ -267,6 +276,7 @@ def _print_import_errors(path: Path, errors: list[Any], lang: str) -> None:
 
 def _cmd_import(args: argparse.Namespace) -> None:
     from fleet.audit import CLI_ACTOR  # noqa: PLC0415
+    from fleet.desired import collect_touched, refresh_touched  # noqa: PLC0415
     from fleet.importer import ImportKind, ImportRejectedError, import_csv  # noqa: PLC0415
 
     _configure_logging(args.log_level or "WARNING")
@@ -277,24 +287,33 @@ def _cmd_import(args: argparse.Namespace) -> None:
         _fail(f"cannot read {path}: {exc.strerror}", EXIT_CONFIG)
     with _session(args) as session:
         try:
-            result = import_csv(
-                session,
-                data,
-                actor=CLI_ACTOR,
-                scope=None,
-                kind=ImportKind(args.kind) if args.kind else None,
-                filename=path.name,
-                dry_run=args.dry_run,
-            )
+            with collect_touched(session) as touched:
+                result = import_csv(
+                    session,
+                    data,
+                    actor=CLI_ACTOR,
+                    scope=None,
+                    kind=ImportKind(args.kind) if args.kind else None,
+                    filename=path.name,
+                    dry_run=args.dry_run,
+                )
         except ImportRejectedError as exc:
             _print_import_errors(path, exc.result.errors, args.lang)
             sys.exit(EXIT_STARTUP)
+        # No publisher runs in this process: store the gateways' new desired configs now, and
+        # the running fleet manager publishes them on its next round (FLEET_CONFIG_PUBLISH_RETRY_S).
+        changed: list[str] = []
+        if touched and not args.dry_run:
+            with session.begin():
+                changed = refresh_touched(session, touched, timezone=_timezone())
     created = ", ".join(f"{k} {v}" for k, v in sorted(result.created.items())) or "none"
     updated = ", ".join(f"{k} {v}" for k, v in sorted(result.updated.items())) or "none"
     verb = "checked (dry run, nothing written)" if args.dry_run else "imported"
     print(
         f"{path}: {verb} {result.rows} rows of {result.kind}; created {created}; updated {updated}"
     )
+    if changed:
+        print(f"desired config changed for {len(changed)} gateway(s): {', '.join(changed[:10])}")
 
 
 def _parser() -> argparse.ArgumentParser:

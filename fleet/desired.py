@@ -46,7 +46,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -585,6 +585,37 @@ def affected_gateways(session: Session, touched: Touched) -> list[str]:
         )
     enrolled = set(enrolled_gateways(session))
     return sorted(ids & enrolled)
+
+
+@contextlib.contextmanager
+def collect_touched(session: Session) -> Iterator[Touched]:
+    """What the commits of ``session`` change in the register, while the block runs (for a
+    writer without a running :class:`ConfigPublisher`, such as ``fleet-manager import``)."""
+    touched = Touched()
+
+    def after_flush(flushed: Session, _ctx: Any) -> None:
+        touched.update(touched_by(flushed))
+
+    sa.event.listen(session, "after_flush", after_flush)
+    try:
+        yield touched
+    finally:
+        sa.event.remove(session, "after_flush", after_flush)
+
+
+def refresh_touched(session: Session, touched: Touched, *, timezone: str) -> list[str]:
+    """Re-assemble the configs ``touched`` may change (every enrolled gateway's when it cannot
+    tell); the gateways whose desired version changed. The rows are stored unpublished: a
+    running fleet manager's publisher sends them on its next round."""
+    ids = enrolled_gateways(session) if touched.everything else affected_gateways(session, touched)
+    changed = []
+    for gateway_id in ids:
+        before = session.get(DesiredConfigRow, gateway_id)
+        version = before.version if before is not None else None
+        row = refresh(session, gateway_id, timezone=timezone)
+        if row is not None and row.version != version:
+            changed.append(gateway_id)
+    return changed
 
 
 class ConfigPublisher:

@@ -37,7 +37,13 @@ class DatabaseSettings(BaseSettings):
     database_url: str = "sqlite:///./fleet.db"
 
 
-class Settings(DatabaseSettings):
+class RegisterSettings(DatabaseSettings):
+    """The database and how the register's times are shown (``fleet-manager import``)."""
+
+    display_timezone: str = "Asia/Shanghai"
+
+
+class Settings(RegisterSettings):
     """Everything the fleet manager needs to know about its surroundings."""
 
     mqtt_url: str = "mqtt://127.0.0.1:1883"
@@ -114,7 +120,6 @@ class Settings(DatabaseSettings):
     )
     ingest_stats_interval_s: float = Field(default=5.0, gt=0)
     public_url: str | None = None
-    display_timezone: str = "Asia/Shanghai"
     forward_poll_s: float = Field(default=5.0, gt=0)
     forward_backoff_initial_s: float = Field(default=2.0, gt=0)
     forward_backoff_max_s: float = Field(default=300.0, gt=0)

@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 import codecs
+import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import httpx
 import sqlalchemy as sa
 
-from fleet.db import migrate
-from fleet.models import AuditEntry, Building, CardRegistration, Compound, Entrance, Flat
+from fleet.db import migrate, utcnow
+from fleet.desired import refresh
+from fleet.models import (
+    AuditEntry,
+    BrokerAccount,
+    Building,
+    CardRegistration,
+    Compound,
+    DesiredConfigRow,
+    Entrance,
+    Flat,
+    Gateway,
+)
 from tests.conftest import BrokerEndpoint
 from tests.fleet.helpers import fleet_client, login, make_settings
 from tests.fleet.sites_helpers import engine_sessions, seeded
@@ -218,3 +231,65 @@ def test_cli_import_reports_errors_by_line_and_writes_nothing(tmp_path: Path) ->
     with engine_sessions(url) as sessions, sessions() as session:
         actors = set(session.scalars(sa.select(AuditEntry.actor)))
     assert actors == {"cli"}
+
+
+def test_cli_import_reassembles_the_desired_config_of_the_gateways_it_concerns(
+    tmp_path: Path,
+) -> None:
+    """No publisher runs in the import command: it stores the new desired configs, which the
+    running fleet manager then publishes (the row is left unpublished for it)."""
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    env = {"PATH": "/usr/bin:/bin", "FLEET_DATABASE_URL": url}
+    migrate(url)
+
+    def run(name: str, body: str) -> subprocess.CompletedProcess[str]:
+        path = tmp_path / name
+        path.write_text(body, encoding="utf-8")
+        return subprocess.run(
+            [sys.executable, "-m", "fleet", "import", str(path)],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+
+    assert run("compounds.csv", COMPOUNDS).returncode == 0
+    assert run("flats.csv", FLATS).returncode == 0
+    now = utcnow()
+    with engine_sessions(url) as sessions, sessions() as session, session.begin():
+        entrances = {
+            (b, e): i
+            for i, b, e in session.execute(
+                sa.select(Entrance.id, Building.name, Entrance.name).join(
+                    Building, Building.id == Entrance.building_id
+                )
+            )
+        }
+        for gw, entrance in (("gw-1", entrances[("1号楼", "1单元")]), ("gw-2", None)):
+            session.add(Gateway(gateway_id=gw, entrance_id=entrance, first_seen=now))
+            session.flush()
+            session.add(BrokerAccount(gateway_id=gw, username=gw, mode="none", created_at=now))
+        for gw in ("gw-1", "gw-2"):
+            row = refresh(session, gw, timezone="Asia/Shanghai")
+            assert row is not None
+            row.published_version = row.version
+    before = _desired(url)
+
+    result = run("more.csv", FLATS.splitlines()[0] + "\nYG01,1号楼,1单元,1-301,3,70,2,2,40\n")
+    assert result.returncode == 0, result.stderr
+    assert "desired config changed for 1 gateway(s): gw-1" in result.stdout
+    after = _desired(url)
+    assert after["gw-1"][0] == before["gw-1"][0] + 1  # a new version, not yet published
+    assert after["gw-1"][1] == before["gw-1"][0]
+    assert "1-301" in json.dumps(after["gw-1"][2], ensure_ascii=False)
+    assert after["gw-2"][:2] == before["gw-2"][:2]  # another entrance's gateway: untouched
+
+
+def _desired(url: str) -> dict[str, tuple[int, int | None, Any]]:
+    with engine_sessions(url) as sessions, sessions() as session:
+        return {
+            row.gateway_id: (row.version, row.published_version, row.config)
+            for row in session.scalars(sa.select(DesiredConfigRow))
+        }
