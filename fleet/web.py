@@ -18,7 +18,7 @@ from zoneinfo import ZoneInfo
 
 import segno
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, status
+from fastapi import APIRouter, Form, HTTPException, Query, Request, status
 from fastapi import Path as Path_
 from fastapi.responses import (
     FileResponse,
@@ -94,7 +94,7 @@ from fleet.texts import (
     kind_title,
     pick_lang,
 )
-from fleet.web_kit import PageKit, PageModule, csrf_ok, csrf_token, with_lang
+from fleet.web_kit import PageKit, PageModule, PageUser, csrf_ok, csrf_token, with_lang
 
 TEMPLATES_DIR = Path(__file__).parent / "templates"
 STATIC_DIR = Path(__file__).parent / "static"
@@ -134,7 +134,6 @@ def _safe_next(target: str | None) -> str:
 # The logged-in user (role and compounds, as the API sees them), or None: the page then
 # redirects to the login. Every list below is filtered to the user's compounds exactly as the
 # JSON API filters it (fleet/api/alerts.py, fleet/api/gateways.py).
-PageUser = Annotated[Principal | None, Depends(web_user)]
 
 # Inbox filters: query parameter = Alert column, compared for equality.
 ALERT_FILTERS = ("kind", "category", "severity", "status", "state")

@@ -28,12 +28,12 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, Form, HTTPException, Query, Request, status
+from fastapi import APIRouter, Form, HTTPException, Query, Request, status
 from fastapi import Path as Path_
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.orm import Session, aliased
 
-from fleet.api.deps import COOKIE_NAME, Principal, SessionDep, web_user
+from fleet.api.deps import COOKIE_NAME, Principal, SessionDep
 from fleet.api.sites import DeviceUpdate, update_device
 from fleet.db import utcnow
 from fleet.health import device_state
@@ -54,7 +54,7 @@ from fleet.queries import gateway_online
 from fleet.settings import Settings
 from fleet.sites import compound_of_gateway
 from fleet.texts import DEVICE_KIND_LABELS, DEVICE_STATE_LABELS, Lang, pick_lang
-from fleet.web_kit import PageKit, csrf_ok, csrf_token, with_lang
+from fleet.web_kit import PageKit, PageUser, csrf_ok, csrf_token, with_lang
 
 # As GET /api/gateways: officers work with alerts, not devices.
 VIEW_ROLES = frozenset({Role.ADMIN, Role.INSTALLER, Role.PROPERTY})
@@ -69,7 +69,6 @@ CHART_GAP = timedelta(minutes=5)  # silence longer than this (and 3 usual interv
 DEVICES_SHOWN = 500
 FLATS_OFFERED = 1000
 
-PageUser = Annotated[Principal | None, Depends(web_user)]
 GatewayPath = Annotated[str, Path_(min_length=1, max_length=64)]
 
 

@@ -11,14 +11,17 @@ import hashlib
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, RedirectResponse
 
-from fleet.api.deps import COOKIE_NAME, Principal
+from fleet.api.deps import COOKIE_NAME, Principal, web_user
 from fleet.settings import Settings
 from fleet.texts import Lang
+
+PageUser = Annotated[Principal | None, Depends(web_user)]
+"""The signed-in user of a page (None: not signed in; the page redirects to the sign-in)."""
 
 
 class Render(Protocol):

@@ -20,11 +20,11 @@ from urllib.parse import urlencode
 from zoneinfo import ZoneInfo
 
 import sqlalchemy as sa
-from fastapi import APIRouter, Depends, File, Form, Query, Request, UploadFile, status
+from fastapi import APIRouter, File, Form, Query, Request, UploadFile, status
 from fastapi.responses import RedirectResponse, Response
 from sqlalchemy.orm import Session
 
-from fleet.api.deps import Principal, SessionDep, scope_filter, web_user
+from fleet.api.deps import Principal, SessionDep, scope_filter
 from fleet.api.types import IdPath, TextPath
 from fleet.db import utcnow
 from fleet.lifecycle import (
@@ -45,7 +45,7 @@ from fleet.reports import TABLES, Report, compute, to_csv, to_xlsx
 from fleet.settings import Settings
 from fleet.sites import alert_compound, compound_of_alert
 from fleet.texts import Lang, pick_lang
-from fleet.web_kit import PageKit, csrf_ok, with_lang
+from fleet.web_kit import PageKit, PageUser, csrf_ok, with_lang
 
 # Who may comment and add photos: fleet.lifecycle.add_comment (officers, admins, and property
 # companies, who are often the ones on site). Installers see the alert only.
@@ -58,7 +58,6 @@ MAX_CHOICES = 2000  # compounds offered in a select
 REPORT_MONTHS = 12  # months offered as presets, the current one first
 _TEXT = re.compile(r"^[^\x00-\x08\x0b\x0c\x0e-\x1f\x7f]*$")  # as the API's comment pattern
 
-PageUser = Annotated[Principal | None, Depends(web_user)]
 ReportParam = Annotated[str | None, Query(max_length=32)]  # checked by resolve_period, resolve_area
 
 
