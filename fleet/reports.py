@@ -240,7 +240,17 @@ def compute(
             )
             or 0
         )
-        alerts = list(session.scalars(sa.select(Alert).where(Alert.compound_id == compound.id)))
+        # Every figure below counts confirmed cases decided before the period's end (open at
+        # the end, confirmed or rectified within it): the rest of the history is not loaded.
+        alerts = list(
+            session.scalars(
+                sa.select(Alert).where(
+                    Alert.compound_id == compound.id,
+                    Alert.outcome == "confirmed",
+                    Alert.decided_at < end,
+                )
+            )
+        )
 
         def open_at(a: Alert) -> bool:
             return (
