@@ -452,6 +452,8 @@ def main() -> None:
             )
             base = f"http://127.0.0.1:{http_port}"
             last_fleet_page = -(-args.gateways // 50)
+            today = datetime.now(UTC).date()
+            year_start = today.replace(month=1, day=1)
             pages = [
                 ("home", "/"),
                 ("alerts, first page", "/alerts"),
@@ -464,6 +466,11 @@ def main() -> None:
                 ("flat (most alerts)", f"/flats/{ids['flat']}"),
                 ("alert with power curve", f"/alerts/{ids['alert']}"),
                 ("alert with swipes chart", f"/alerts/{ids['rental']}"),
+                ("reports, this year", f"/reports?start={year_start}&end={today}"),
+                (
+                    "reports XLSX, this year",
+                    f"/reports/statistics.xlsx?start={year_start}&end={today}",
+                ),
             ]
             with httpx.Client(base_url=base, timeout=120) as client:
                 r = client.post(
