@@ -412,10 +412,12 @@ class EbikeChargingSuspectedConfig(_Strict):
         description="a plateau longer than this is another continuous load, not a charger",
     )
     plateau_hold_s: float = Field(
-        default=2400.0,
+        default=600.0,
         ge=0,
         description="with voltage and current: a low-power-factor step is recognised once it "
-        "has held this long after it shows in the envelope (so after envelope_s + this)",
+        "has held this long after it shows in the envelope (so after envelope_s + this, 40 "
+        "minutes of charging: an e-bike pack's CC phase is 1-6 h) and min_quiet_bins of it "
+        "were steady",
     )
     plateau_tolerance: float = Field(
         default=0.15,
@@ -455,11 +457,12 @@ class EbikeChargingSuspectedConfig(_Strict):
         "bit by bit), not as appliances switching off one after another",
     )
     taper_non_active_fraction: float = Field(
-        default=0.2,
+        default=0.12,
         ge=0,
         description="with voltage and current, a taper recognised on real power must lose at most "
-        "this fraction of its fall in non-active power (a charger with a corrected power "
-        "factor; low-power-factor chargers are recognised by their plateau)",
+        "this fraction of its fall in non-active power: a charger with active PFC (power factor "
+        "0.9 or more loses at most 11 %, 0.95 about 5 %); lamps, fans and motors lose more, and "
+        "low-power-factor chargers are recognised by their plateau",
     )
     taper_rise_fraction: float = Field(
         default=0.25,
@@ -506,12 +509,19 @@ class EbikeChargingSuspectedConfig(_Strict):
         description="the same for the non-active signal (a charger's current ripples by a few "
         "per cent: 5-10 VA of a 100-300 VA step; a meter's 0.01 A resolution is 2.3 VA)",
     )
-    quiet_fraction: float = Field(default=0.03, ge=0, le=1)
-    min_quiet_bins: int = Field(
-        default=3,
+    quiet_fraction: float = Field(
+        default=0.05,
         ge=0,
-        description="a candidate is recognised only after this many quiet bins while it was on: "
-        "a charger draws a steady current, a washing machine or a PC under load does not",
+        le=1,
+        description="added to quiet_w / quiet_va as a fraction of the bin's level: a charger's "
+        "current ripples by 2-5 %, and several chargers on at once ripple together",
+    )
+    min_quiet_bins: int = Field(
+        default=5,
+        ge=0,
+        description="a candidate is recognised only after this many quiet bins while it was on "
+        "(25 minutes of steady non-active load): a charger draws a steady current, a washing "
+        "machine or a PC under load does not",
     )
     max_gap_s: float = Field(
         default=1800.0,

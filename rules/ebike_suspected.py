@@ -22,7 +22,9 @@ Signals (per meter, O(1) per reading)
     a ramp down) and *quiet* (all readings within that band plus ``quiet_fraction``), and the
     largest fall of real power into a new low (counted from below the previous bin's minimum,
     so a fridge switching off on top of a taper does not count). The *lower envelope* is the
-    lowest clean bin of the trailing ``envelope_s`` (30 min): a kettle, a cooker, a fridge cycle
+    lowest bin minimum of the trailing ``envelope_s`` (30 min), steady or not (the minimum of a
+    bin in which something switched on is still below everything that ran through it, so a busy
+    flat's envelope keeps following its continuous loads): a kettle, a cooker, a fridge cycle
     or a washing machine does not lift it; a load that runs without a break for longer than the
     window (a charger, a PC) does. A reading only updates its bin; the work below happens once
     per bin, and the envelope is kept incrementally.
@@ -43,12 +45,13 @@ Recognition by the non-active plateau (meters with voltage and current)
     within ``match_tolerance`` (30 %) of a load's level is that load switched off; other drops
     are gradual and taper the candidates; small rises are kept apart. Loads may not add up to
     more than the envelope above the standby floor (otherwise some are gone unseen: dropped).
-    A candidate that has held for ``plateau_hold_s`` (40 min) after it showed in the envelope
-    (so over an hour of charging), still at half its step or more, with at least
-    ``min_quiet_bins`` (3) quiet bins while it was on (a charger draws a steady current), is
-    recognised. A step below 80 VA may be a laptop and a phone (35-90 W at PF 0.6 is 23-60 VA
-    each, and a laptop charges for 1.5 h at most): it must hold 30 minutes longer (an e-bike
-    pack's CC phase is 1-6 h; a small lead-acid pack's 2 h or more). A plateau longer than
+    A candidate that has held for ``plateau_hold_s`` (10 min) after it showed in the envelope
+    (so about 40 minutes of charging), still at half its step or more, with at least
+    ``min_quiet_bins`` (5) quiet bins while it was on (a charger draws a steady current; the
+    clean bins of the window in which it showed count), is recognised. A step below 80 VA may
+    be a laptop and a phone (35-90 W at PF 0.6 is 23-60 VA each, and a laptop charges for
+    1.5 h at most): it must hold 70 minutes (an e-bike pack's CC phase is 1-6 h; a small
+    lead-acid pack's 2 h or more). A plateau longer than
     ``max_plateau_s`` (10 h) is another continuous load. Several candidates are tracked at
     once (at most 8): the chargers of a group rental's evening each show as a step on top of
     the others, and each is recognised on its own plateau. When the envelope declines while
@@ -66,9 +69,10 @@ Recognition by the taper (every meter)
     history shows the plateau before it (held near the top for ``min_plateau_s``, 1 h: an e-bike
     pack's CC phase is 1-6 h, a laptop's under an hour) and
     a single step up of most of the fall before that (within ``max_plateau_s``). On a meter
-    with current, the run must also lose at most ``taper_non_active_fraction`` (20 %) of its
-    fall in non-active power: this path is for chargers with a corrected power factor (and
-    meters without current); low-power-factor chargers are recognised by their plateau.
+    with current, the run must also lose at most ``taper_non_active_fraction`` (12 %) of its
+    fall in non-active power (active PFC, PF 0.9 or more, loses at most 11 %; lamps, fans and
+    motors more): this path is for chargers with a corrected power factor (and meters without
+    current); low-power-factor chargers are recognised by their plateau.
 
 Raising and clearing
     The episode is raised at the end of the bin in which the signature was recognised (that is
@@ -156,10 +160,11 @@ _SMALL_VA = 60.0
 _RISE_GAP = 2  # bins between small rises that still add up to one step
 _MIN_TAPER_BINS = 3
 # A step below this non-active size may be a laptop or two (plus phones): 35-90 W at PF 0.6 is
-# 23-60 VA each, and a laptop charges for 1.5 h at most; such a step must hold this much longer
-# (an e-bike pack's CC phase is 1-6 h, a small lead-acid pack's 2 h or more).
+# 23-60 VA each, and a laptop charges for 1.5 h at most; such a step must have shown in the
+# envelope for at least _SMALL_HOLD_S (so about 100 minutes of charging: an e-bike pack's CC
+# phase is 1-6 h, a small lead-acid pack's 2 h or more).
 _SMALL_HOLD_VA = 80.0
-_SMALL_EXTRA_S = 1800.0
+_SMALL_HOLD_S = 4200.0
 # A step whose power factor had to wait (see _pf_settled) needs this many times min_quiet_bins.
 _DEFER_QUIET = 2
 _MAX_STEP_SHARE = 1.5  # a real-power step above this share of max_step_w is not one charger
@@ -460,13 +465,15 @@ class EbikeChargingSuspectedRule:
         ring = st.ring
         low_p = st.bin_pmin
         ring.append((end, low, low_p, clean))
-        # The envelope is kept incrementally: a new clean bin can only lower it; it is
-        # recomputed over the (few) bins of the window only when its minimum leaves.
-        if clean:
-            if low <= st.env:
-                st.env, st.env_t = low, end
-            if low_p <= st.env_p:
-                st.env_p, st.env_pt = low_p, end
+        # The envelope is the minimum of every bin in the window, steady or not: the minimum of
+        # a bin in which something switched on or fluctuated is still a lower bound of the
+        # loads that ran through it, so a busy flat's envelope keeps following its continuous
+        # loads. It is kept incrementally: a new bin can only lower it; it is recomputed over
+        # the (few) bins of the window only when its minimum leaves.
+        if low <= st.env:
+            st.env, st.env_t = low, end
+        if low_p <= st.env_p:
+            st.env_p, st.env_pt = low_p, end
         cutoff = end - self._window
         rescan = False
         while ring[0][0] <= cutoff and len(ring) > 1:
@@ -476,12 +483,11 @@ class EbikeChargingSuspectedRule:
         if rescan:
             env = env_p = _INF
             env_t = env_pt = 0.0
-            for t_in, lo, lp, cl in ring:
-                if cl:
-                    if lo <= env:
-                        env, env_t = lo, t_in
-                    if lp <= env_p:
-                        env_p, env_pt = lp, t_in
+            for t_in, lo, lp, _clean in ring:
+                if lo <= env:
+                    env, env_t = lo, t_in
+                if lp <= env_p:
+                    env_p, env_pt = lp, t_in
             st.env, st.env_t, st.env_p, st.env_pt = env, env_t, env_p, env_pt
         if end - st.last_bin > self._max_gap:
             st.loads = [x for x in st.loads if x.episode is not None]
@@ -491,8 +497,7 @@ class EbikeChargingSuspectedRule:
             st.hist.clear()
             ring.clear()
             ring.append((end, low, low_p, clean))
-            st.env = low if clean else _INF
-            st.env_p = low_p if clean else _INF
+            st.env, st.env_p = low, low_p
             st.env_t = st.env_pt = end
         st.last_bin = end
         loads = st.loads
@@ -502,7 +507,7 @@ class EbikeChargingSuspectedRule:
                     load.quiet += 1
         env, env_p = st.env, st.env_p
         if env == _INF:
-            return  # no steady bin in the window (cooking, a washing machine): hold
+            return  # no reading yet
         prev, prev_p, prev_t = st.prev_env, st.prev_p, st.prev_t
         st.prev_env, st.prev_p, st.prev_t = env, env_p, end
         floor = st.floor + st.creep * (end - prev_t)
@@ -819,9 +824,9 @@ class EbikeChargingSuspectedRule:
     def _hold(self, load: _Load) -> float:
         """How long a candidate's plateau must hold after it showed in the envelope. A small
         step (below ``_SMALL_HOLD_VA``) may be a laptop or two (CC-CV too, at most 1.5 h in
-        all): it must hold an extra ``_SMALL_EXTRA_S``; an e-bike pack charges for 2 h or more."""
+        all): it must hold at least ``_SMALL_HOLD_S``; an e-bike pack charges for 2 h or more."""
         if load.peak < _SMALL_HOLD_VA:
-            return self._cfg.plateau_hold_s + _SMALL_EXTRA_S
+            return max(self._cfg.plateau_hold_s, _SMALL_HOLD_S)
         return self._cfg.plateau_hold_s
 
     def _pf_settled(self, st: _Meter, load: _Load) -> bool:
