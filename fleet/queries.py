@@ -23,6 +23,15 @@ def gateway_online(gateway: Gateway, *, now: datetime, offline_after_s: float) -
     return now - gateway.last_seen <= timedelta(seconds=offline_after_s)
 
 
+def online_clause(*, now: datetime, offline_after_s: float) -> sa.ColumnElement[bool]:
+    """:func:`gateway_online` as a SQL condition (counts and filters agree with each row)."""
+    return sa.and_(
+        Gateway.online.is_(True),
+        Gateway.last_seen.is_not(None),
+        Gateway.last_seen >= now - timedelta(seconds=offline_after_s),
+    )
+
+
 def list_gateways(session: Session) -> Sequence[Gateway]:
     return session.scalars(sa.select(Gateway).order_by(Gateway.gateway_id)).all()
 

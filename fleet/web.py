@@ -79,7 +79,7 @@ from fleet.provisioning import (
     display_code,
     normalize_code,
 )
-from fleet.queries import alert_deliveries, gateway_online, get_alert
+from fleet.queries import alert_deliveries, gateway_online, get_alert, online_clause
 from fleet.risk import Reason, flat_risks
 from fleet.settings import Settings
 from fleet.sites import alert_compound, compound_of_alert, compound_of_gateway
@@ -152,8 +152,12 @@ def fleet_health(
     online: bool | None,
     limit: int,
     offset: int,
+    now: datetime,
+    offline_after_s: float,
 ) -> tuple[list[tuple[Gateway, str | None, str | None]], int]:
-    """A page of the user's gateways with compound and building names, offline first."""
+    """A page of the user's gateways with compound and building names, offline first
+    (online as the rows show it: :func:`fleet.queries.gateway_online`)."""
+    is_online = online_clause(now=now, offline_after_s=offline_after_s)
     stmt = scope_filter(
         sa.select(Gateway, Compound.name, Building.name)
         .outerjoin(Entrance, Entrance.id == Gateway.entrance_id)
@@ -163,10 +167,12 @@ def fleet_health(
         Building.compound_id,
     )
     if online is not None:
-        stmt = stmt.where(Gateway.online.is_(online))
+        stmt = stmt.where(is_online if online else sa.not_(is_online))
     total = session.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0
     rows = session.execute(
-        stmt.order_by(Gateway.online, Gateway.gateway_id).limit(limit).offset(offset)
+        stmt.order_by(sa.case((is_online, 1), else_=0), Gateway.gateway_id)
+        .limit(limit)
+        .offset(offset)
     ).all()
     return [(row[0], row[1], row[2]) for row in rows], total
 
@@ -174,9 +180,12 @@ def fleet_health(
 BUILDINGS_SHOWN = 20  # buildings in the fleet page's summary (darkest first)
 
 
-def fleet_by_building(session: Session, user: Principal, limit: int) -> list[dict[str, Any]]:
+def fleet_by_building(
+    session: Session, user: Principal, limit: int, *, now: datetime, offline_after_s: float
+) -> list[dict[str, Any]]:
     """The user's buildings with gateways: how many, how many offline; darkest first."""
-    offline = sa.func.sum(sa.case((Gateway.online.is_(False), 1), else_=0))
+    is_online = online_clause(now=now, offline_after_s=offline_after_s)
+    offline = sa.func.sum(sa.case((is_online, 0), else_=1))
     stmt = scope_filter(
         sa.select(
             Building.id,
@@ -633,7 +642,15 @@ def make_router(settings: Settings) -> APIRouter:
                 ),
             }
             for g, _, _ in (
-                fleet_health(session, user, online=None, limit=RECENT_ALERTS, offset=0)[0]
+                fleet_health(
+                    session,
+                    user,
+                    online=None,
+                    limit=RECENT_ALERTS,
+                    offset=0,
+                    now=now,
+                    offline_after_s=settings.gateway_offline_after_s,
+                )[0]
                 if user.role in GATEWAY_ROLES
                 else []
             )
@@ -810,10 +827,16 @@ def make_router(settings: Settings) -> APIRouter:
                 status_code=status.HTTP_403_FORBIDDEN,
             )
         wanted = {"yes": True, "no": False}.get(online or "")
-        rows, total = fleet_health(
-            session, user, online=wanted, limit=PAGE_SIZE, offset=(page - 1) * PAGE_SIZE
-        )
         now = utcnow()
+        rows, total = fleet_health(
+            session,
+            user,
+            online=wanted,
+            limit=PAGE_SIZE,
+            offset=(page - 1) * PAGE_SIZE,
+            now=now,
+            offline_after_s=settings.gateway_offline_after_s,
+        )
         # Outbox backlog (newest heartbeat), devices silent or faulty, config versions.
         extra = web_fleet.fleet_columns(session, [gateway.gateway_id for gateway, _, _ in rows])
         gateways = [
@@ -834,7 +857,11 @@ def make_router(settings: Settings) -> APIRouter:
                     sa.select(Gateway.gateway_id)
                     .outerjoin(Entrance, Entrance.id == Gateway.entrance_id)
                     .outerjoin(Building, Building.id == Entrance.building_id)
-                    .where(Gateway.online.is_(False)),
+                    .where(
+                        sa.not_(
+                            online_clause(now=now, offline_after_s=settings.gateway_offline_after_s)
+                        )
+                    ),
                     user,
                     Building.compound_id,
                 ).subquery()
@@ -849,7 +876,13 @@ def make_router(settings: Settings) -> APIRouter:
                 "gateways": gateways,
                 "total": total,
                 "offline_total": offline or 0,
-                "buildings": fleet_by_building(session, user, BUILDINGS_SHOWN),
+                "buildings": fleet_by_building(
+                    session,
+                    user,
+                    BUILDINGS_SHOWN,
+                    now=now,
+                    offline_after_s=settings.gateway_offline_after_s,
+                ),
                 "online_filter": online or "",
                 "pager": _pager(request, page, total),
             },

@@ -27,7 +27,7 @@ from contract.topics import Down, down
 from firmware_sim.modbus_meters import ModbusMeterSim, constant_load
 from fleet.api.deps import COOKIE_NAME
 from fleet.db import utcnow
-from fleet.models import Flat
+from fleet.models import Flat, Gateway
 from fleet.web_kit import csrf_token
 from tests.conftest import BrokerEndpoint
 from tests.fleet.helpers import (
@@ -421,3 +421,28 @@ async def test_an_installer_fixes_a_meter_on_a_phone_and_a_manager_sees_the_hist
     await expect(manager.locator("#load-chart svg")).to_be_visible()
     await expect(manager.locator("#gw-backlog")).to_have_text("0")
     await screenshot(manager, "gateway")
+
+
+async def test_a_silent_gateway_is_offline_in_every_figure_of_the_fleet_page(
+    mqtt_broker: BrokerEndpoint, database_url: str
+) -> None:
+    """Connected by its flag but silent past the limit (the health monitor has not swept yet):
+    its row, the offline count, the building summary and the filters all say offline."""
+    settings = make_settings(mqtt_broker, database_url, public_url="http://fleet.test")
+    async with fleet_client(settings) as client, seeded(client, mqtt_broker, settings) as seed:
+        gw = seed.a.gateway
+        with seed.sessions() as session, session.begin():
+            gateway = session.get(Gateway, gw)
+            assert gateway is not None and gateway.online  # its birth
+            gateway.last_seen = utcnow() - timedelta(seconds=settings.gateway_offline_after_s + 60)
+        await _page_login(client, "property_a")
+        page = await client.get("/fleet")
+        assert page.status_code == 200
+        assert "离线" in _section(page.text, f"gw-{gw}")
+        assert re.search(r'id="offline-total">1<', page.text)
+        building_row = _section(_section(page.text, "buildings"), f"building-{seed.a.building}")
+        assert re.search(r'class="dark offline">1<', building_row)
+        offline_only = await client.get("/fleet", params={"online": "no"})
+        assert f'id="gw-{gw}"' in offline_only.text
+        online_only = await client.get("/fleet", params={"online": "yes"})
+        assert f'id="gw-{gw}"' not in online_only.text
