@@ -31,6 +31,7 @@ import sqlalchemy as sa
 from fastapi import APIRouter, Form, HTTPException, Query, Request, status
 from fastapi import Path as Path_
 from fastapi.responses import RedirectResponse, Response
+from pydantic import ValidationError
 from sqlalchemy.orm import Session, aliased
 
 from fleet.api.deps import COOKIE_NAME, Principal, SessionDep
@@ -550,7 +551,11 @@ def register(router: APIRouter, kit: PageKit) -> None:
         if device.gateway_id is None:
             values["gateway_id"] = gateway_id  # placed at this entrance: now behind this gateway
         try:
-            update_device(session, user, device_pk, DeviceUpdate(**values))
+            update = DeviceUpdate(**values)
+        except ValidationError:  # beyond any id
+            return back(error="mapping_invalid")
+        try:
+            update_device(session, user, device_pk, update)
         except HTTPException as exc:
             session.rollback()
             if exc.status_code == status.HTTP_403_FORBIDDEN:

@@ -257,6 +257,11 @@ async def test_installer_fixes_a_mapping_and_the_new_config_is_pushed(
             data={"csrf": csrf, "flat_id": str(seed.b.flat)},
         )
         assert r.status_code == 303 and "error=mapping_invalid" in r.headers["location"]
+        for bad in ("99999999999999999999", "0", "x1"):  # beyond any id, not an id, not a number
+            r = await client.post(
+                f"/gateways/{gw}/devices/{pk}/flat", data={"csrf": csrf, "flat_id": bad}
+            )
+            assert r.status_code == 303 and "error=mapping_invalid" in r.headers["location"], bad
 
         r = await client.post(
             f"/gateways/{gw}/devices/{pk}/flat", data={"csrf": csrf, "flat_id": str(flat2)}
