@@ -568,15 +568,23 @@ def make_router(settings: Settings) -> APIRouter:
         query = {"next": request.url.path} | ({"lang": lang} if lang != "zh" else {})
         return RedirectResponse(f"/login?{urlencode(query)}", status.HTTP_303_SEE_OTHER)
 
-    def missing(request: Request, lang: Lang, user: Principal, forbidden: bool) -> HTMLResponse:
+    def forbidden(request: Request, lang: Lang, user: Principal) -> HTMLResponse:
+        """The 403 page: the user's role or compounds do not cover what was asked."""
+        return render(request, "forbidden.html", lang, {"user": user}, status.HTTP_403_FORBIDDEN)
+
+    def missing(request: Request, lang: Lang, user: Principal, exists: bool) -> HTMLResponse:
         """403 for another compound's building or flat (nothing of it shown), 404 if unknown."""
-        if forbidden:
-            return render(
-                request, "forbidden.html", lang, {"user": user}, status.HTTP_403_FORBIDDEN
-            )
+        if exists:
+            return forbidden(request, lang, user)
         return render(request, "notfound.html", lang, {"user": user}, status.HTTP_404_NOT_FOUND)
 
-    kit = PageKit(settings=settings, render=render, to_login=to_login, missing=missing)
+    kit = PageKit(
+        settings=settings,
+        render=render,
+        to_login=to_login,
+        forbidden=forbidden,
+        missing=missing,
+    )
 
     @router.get("/login")
     def login_form(request: Request, lang: str | None = None, next: str | None = None) -> Response:
@@ -819,13 +827,7 @@ def make_router(settings: Settings) -> APIRouter:
         if user is None:
             return to_login(request, chosen)
         if user.role not in GATEWAY_ROLES:
-            return render(
-                request,
-                "forbidden.html",
-                chosen,
-                {"user": user},
-                status_code=status.HTTP_403_FORBIDDEN,
-            )
+            return forbidden(request, chosen, user)
         wanted = {"yes": True, "no": False}.get(online or "")
         now = utcnow()
         rows, total = fleet_health(
@@ -905,9 +907,7 @@ def make_router(settings: Settings) -> APIRouter:
         if user is None:
             return to_login(request, chosen)
         if user.role not in INSTALL_ROLES:
-            return render(
-                request, "forbidden.html", chosen, {"user": user}, status.HTTP_403_FORBIDDEN
-            )
+            return forbidden(request, chosen, user)
         return render(
             request,
             "install.html",
@@ -937,9 +937,7 @@ def make_router(settings: Settings) -> APIRouter:
         if not csrf_ok(settings, request, csrf):
             return Response("CSRF token missing or wrong", status.HTTP_403_FORBIDDEN)
         if user.role not in INSTALL_ROLES:
-            return render(
-                request, "forbidden.html", chosen, {"user": user}, status.HTTP_403_FORBIDDEN
-            )
+            return forbidden(request, chosen, user)
         provisioner = provisioner_of(request)
         if provisioner is None:
             return Response(status_code=status.HTTP_503_SERVICE_UNAVAILABLE)
@@ -949,9 +947,7 @@ def make_router(settings: Settings) -> APIRouter:
             else None
         )
         if compound_id is None or not user.sees(compound_id):
-            return render(
-                request, "forbidden.html", chosen, {"user": user}, status.HTTP_403_FORBIDDEN
-            )
+            return forbidden(request, chosen, user)
         try:
             issued = provisioner.create_gateway(
                 session,
@@ -1193,7 +1189,7 @@ def make_router(settings: Settings) -> APIRouter:
             .where(Building.id == building_id)
         ).first()
         if row is None or not user.sees(row[1].id):
-            return missing(request, chosen, user, forbidden=row is not None)
+            return missing(request, chosen, user, exists=row is not None)
         building, compound = row
         floors = building_floors(session, building.id, utcnow())
         return render(
@@ -1227,7 +1223,7 @@ def make_router(settings: Settings) -> APIRouter:
             file = read_flat_file(session, user, flat_id)
         except HTTPException as exc:
             return missing(
-                request, chosen, user, forbidden=exc.status_code == status.HTTP_403_FORBIDDEN
+                request, chosen, user, exists=exc.status_code == status.HTTP_403_FORBIDDEN
             )
         flat = session.get(Flat, flat_id)
         return render(

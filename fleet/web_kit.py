@@ -42,6 +42,8 @@ class PageKit:
     """Render a template of ``fleet/templates`` with the shared context (t, link, labels...)."""
     to_login: Callable[[Request, Lang], RedirectResponse]
     """The redirect to the sign-in page that comes back to the current path."""
+    forbidden: Callable[[Request, Lang, Principal], HTMLResponse]
+    """The 403 page (role or compounds do not cover what was asked; nothing of it shown)."""
     missing: Callable[[Request, Lang, Principal, bool], HTMLResponse]
     """403 page when the last argument is True (exists, other compound), else 404 page."""
 

@@ -44,7 +44,7 @@ from fleet.queries import get_alert
 from fleet.reports import TABLES, Report, compute, to_csv, to_xlsx
 from fleet.settings import Settings
 from fleet.sites import alert_compound, compound_of_alert
-from fleet.texts import Lang, pick_lang
+from fleet.texts import pick_lang
 from fleet.web_kit import PageKit, PageUser, csrf_ok, with_lang
 
 # Who may comment and add photos: fleet.lifecycle.add_comment (officers, admins, and property
@@ -389,11 +389,6 @@ def register(router: APIRouter, kit: PageKit) -> None:
     settings = kit.settings
     zone = ZoneInfo(settings.display_timezone)
 
-    def forbidden(request: Request, lang: Lang, user: Principal) -> Response:
-        return kit.render(
-            request, "forbidden.html", lang, {"user": user}, status.HTTP_403_FORBIDDEN
-        )
-
     @router.post("/alerts/{alert_id}/comments")
     def post_comment(
         request: Request,
@@ -418,7 +413,7 @@ def register(router: APIRouter, kit: PageKit) -> None:
         if alert is None or not user.sees(compound_of_alert(session, alert)):
             return kit.missing(request, chosen, user, alert is not None)
         if user.role not in COMMENT_ROLES:
-            return forbidden(request, chosen, user)
+            return kit.forbidden(request, chosen, user)
         page = with_lang(f"/alerts/{alert_id}", chosen)
 
         def back(error: str) -> Response:
@@ -455,7 +450,7 @@ def register(router: APIRouter, kit: PageKit) -> None:
             return kit.missing(request, chosen, user, False)
         except NotAllowedError:
             session.rollback()
-            return forbidden(request, chosen, user)
+            return kit.forbidden(request, chosen, user)
         except LifecycleError:
             session.rollback()
             return back("bad_input")
@@ -521,12 +516,12 @@ def register(router: APIRouter, kit: PageKit) -> None:
         if user is None:
             return kit.to_login(request, chosen)
         if user.role not in REPORT_ROLES:
-            return forbidden(request, chosen, user)
+            return kit.forbidden(request, chosen, user)
         period, error, picked, choices = report_inputs(
             session, user, month=month, start=start, end=end, area=area
         )
         if picked is None:
-            return forbidden(request, chosen, user)
+            return kit.forbidden(request, chosen, user)
         today = utcnow().astimezone(zone).date()
         context: dict[str, Any] = {
             "user": user,
