@@ -15,10 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import aiomqtt
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from pydantic import SecretStr
 
 from contract.messages import Birth, CardSwipeEvent, MeterSample, MeterTelemetry, encode
@@ -29,6 +25,7 @@ from edge_agent.session import MessageFactory
 from edge_agent.uplink import Uplink
 from tests.conftest import BrokerEndpoint
 from tests.support.mosquitto import PrivateMosquitto
+from tests.support.tls import make_ca, server_cert
 
 T0 = dt.datetime(2026, 3, 1, 20, 0, tzinfo=dt.UTC)
 
@@ -141,47 +138,9 @@ async def test_backlog_drains_alerts_first_and_marks_it_historical(
 
 
 def _make_ca_and_server(directory: Path) -> tuple[Path, Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test ca")])
-    now = dt.datetime.now(dt.UTC)
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    skey = ec.generate_private_key(ec.SECP256R1())
-    server = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "localhost")]))
-        .issuer_name(name)
-        .public_key(skey.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("localhost")]), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    ca_file, cert_file, key_file = (
-        directory / "ca.pem",
-        directory / "srv.pem",
-        directory / "srv.key",
-    )
-    ca_file.write_bytes(ca.public_bytes(serialization.Encoding.PEM))
-    cert_file.write_bytes(server.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        skey.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return ca_file, cert_file, key_file
+    ca = make_ca(directory, "test ca")
+    cert_file, key_file = server_cert(directory, ca)
+    return ca.pem, cert_file, key_file
 
 
 async def test_tls_and_per_gateway_credentials(tmp_path: Path) -> None:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-import ipaddress
 import json
 import logging
 import signal
@@ -31,10 +30,6 @@ from typing import Any
 import aiomqtt
 import pytest
 import tomli_w
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from contract.messages import Birth, CardSwipeEvent, encode
 from contract.topics import Up, up
@@ -45,80 +40,9 @@ from edge_agent.session import MessageFactory
 from edge_agent.uplink import Uplink
 from tests.edge_agent.control_helpers import base_config, gateway_id
 from tests.support.mosquitto import PrivateMosquitto
+from tests.support.tls import Ca, make_ca, server_cert
 
 T0 = dt.datetime(2026, 3, 1, 20, 0, tzinfo=dt.UTC)
-LOCALHOST = ipaddress.IPv4Address("127.0.0.1")
-_NO_KEY_USAGE = dict.fromkeys(
-    ("digital_signature", "content_commitment", "key_encipherment", "data_encipherment",
-     "key_agreement", "key_cert_sign", "crl_sign", "encipher_only", "decipher_only"),
-    False,
-)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Ca:
-    name: x509.Name
-    key: ec.EllipticCurvePrivateKey
-    pem: Path
-
-
-def _make_ca(directory: Path, common_name: str) -> Ca:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(**{**_NO_KEY_USAGE, "key_cert_sign": True, "crl_sign": True}),
-            critical=True,
-        )
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
-    )
-    pem = directory / f"{common_name.replace(' ', '-')}.pem"
-    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    return Ca(name, key, pem)
-
-
-def _server_cert(directory: Path, ca: Ca) -> tuple[Path, Path]:
-    """A certificate for 127.0.0.1 signed by ``ca``, and its key: (certfile, keyfile)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "broker")]))
-        .issuer_name(ca.name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(LOCALHOST), x509.DNSName("localhost")]),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca.key.public_key()),
-            critical=False,
-        )
-        .sign(ca.key, hashes.SHA256())
-    )
-    certfile, keyfile = directory / "broker.pem", directory / "broker.key"
-    certfile.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    keyfile.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return certfile, keyfile
 
 
 @dataclass(frozen=True)
@@ -134,9 +58,9 @@ class TlsBroker:
 
 @pytest.fixture
 def tls_broker(tmp_path: Path) -> Iterator[TlsBroker]:
-    ca = _make_ca(tmp_path, "test ca")
-    other = _make_ca(tmp_path, "other ca")
-    certfile, keyfile = _server_cert(tmp_path, ca)
+    ca = make_ca(tmp_path, "test ca")
+    other = make_ca(tmp_path, "other ca")
+    certfile, keyfile = server_cert(tmp_path, ca)
     # The listener PrivateMosquitto declares takes these: it speaks TLS only.
     broker = PrivateMosquitto(
         tmp_path / "broker", extra_conf=f"certfile {certfile}\nkeyfile {keyfile}\n"
