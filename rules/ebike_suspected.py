@@ -171,6 +171,8 @@ _MAX_STEP_SHARE = 1.5  # a real-power step above this share of max_step_w is not
 _STEP_SHARE = 0.7  # a bin's fall is a switch-off when one reading-to-reading fall is this much
 _FLOOR_CREEP = 0.02  # of the step scale per hour: the standby floor follows a slow rise
 _UNKNOWN = 0
+_SAME_SESSION_S = 2700.0
+_LOW_PF_X = (0.3, 0.8)
 _NON_ACTIVE = 1  # the meter reports voltage and current: work on S - P
 _POWER = 2  # it does not: work on P
 
@@ -208,6 +210,7 @@ class _Load:
         "base",
         "base_p",
         "charger",
+        "cleared",
         "created",
         "episode",
         "high",
@@ -240,6 +243,7 @@ class _Load:
         self.recognised_by = ""
         self.reported = False  # an episode was raised for this session
         self.episode: AlertEpisode | None = None  # the session's open episode
+        self.cleared = _INF  # when its episode cleared
         self.high = False  # its severity is high
         self.quiet = 0  # quiet bins (nothing switching or fluctuating) seen while it was on
         self.signal = _NON_ACTIVE  # what level, peak and base are measured in (VA or W)
@@ -273,6 +277,7 @@ class _Meter:
         "prev_p",
         "prev_t",
         "quiet_abs",
+        "reported",
         "ring",
         "rise",
         "rise_p",
@@ -314,6 +319,7 @@ class _Meter:
         self.floor = _INF  # standby level: the lowest envelope, creeping up slowly
         self.open: list[_Load] = []  # the sessions with an open episode, in the order raised
         self.scheduled: float | None = None
+        self.reported: deque[_Load] = deque()  # recent sessions with an episode
 
 
 class EbikeChargingSuspectedRule:
@@ -615,13 +621,10 @@ class EbikeChargingSuspectedRule:
             and run.bins >= _MIN_TAPER_BINS
             and run.max_drop <= cfg.taper_max_drop_fraction * run.drop
             and run.ramp >= cfg.taper_ramp_fraction * run.drop
-            and (
-                st.mode != _NON_ACTIVE
-                or run.x0 - st.env <= cfg.taper_non_active_fraction * run.drop
-            )
+            and self._taper_signal_ok(st, run)
         ):
             found = self._plateau_start(st, run)
-            if found is not None:
+            if found is not None and not self._already(st, found[0], run.t0):
                 start, base = found
                 load = _Load(run.level0 - base, start, at, base)
                 load.signal = _POWER
@@ -632,6 +635,32 @@ class EbikeChargingSuspectedRule:
                 load.recognised_by = RECOGNISED_BY_TAPER
                 run.load = load
                 self._report(st, load, at, out)
+
+    def _already(self, st: _Meter, start: float, taper_t0: float) -> bool:
+        """Whether a session reported earlier explains this taper: one whose plateau began
+        within ``_SAME_SESSION_S`` of this one's, or one whose episode was open when the
+        taper began."""
+        for load in st.reported:
+            if abs(load.start - start) <= _SAME_SESSION_S:
+                return True
+            if load.cleared >= taper_t0 - self._bin and not (
+                load.episode is not None
+                and load.signal == _NON_ACTIVE
+                and load.taper_start is None
+                and load.level >= (1.0 - self._cfg.plateau_tolerance) * load.peak
+            ):
+                return True  # (a session still on its non-active plateau is another charger)
+        return False
+
+    def _taper_signal_ok(self, st: _Meter, run: _Run) -> bool:
+        if st.mode != _NON_ACTIVE:
+            return True
+        x_fall = run.x0 - st.env
+        if x_fall <= self._cfg.taper_non_active_fraction * run.drop:
+            return True
+        if st.open or any(x.charger and x.level > 0 for x in st.loads if x.taper_start is not None):
+            return False
+        return _LOW_PF_X[0] * run.drop <= x_fall <= _LOW_PF_X[1] * run.drop
 
     def _plateau_start(self, st: _Meter, run: _Run) -> tuple[float, float] | None:
         """When the plateau before the run began, and the load under it: going back from the
@@ -935,6 +964,10 @@ class EbikeChargingSuspectedRule:
         )
         load.episode = ep
         st.open.append(load)
+        rep = st.reported
+        rep.append(load)
+        while rep and rep[0].cleared < at - self._horizon:
+            rep.popleft()
         out.append(AlertChange(Change.RAISED, ep))
         self._reschedule(st)
 
@@ -956,6 +989,7 @@ class EbikeChargingSuspectedRule:
             ep, evidence=self._evidence(st, load, at, ended_by), cleared_at=self._cal.dt(at)
         )
         out.append(AlertChange(Change.CLEARED, cleared))
+        load.cleared = at
         load.episode = None
         load.high = False
         st.open.remove(load)
