@@ -527,3 +527,28 @@ def test_a_washing_machine_motor_is_not_a_charger() -> None:
         return (draw[int(x // 60)], 0.65) if 0 <= x < hours(1.5) else (0.0, 1.0)
 
     assert run(readings([*HOUSE, washer])) == []
+
+
+def test_a_small_charger_without_pfc_is_recognised_by_its_taper_with_current() -> None:
+    # 115 W at PF 0.72 (a 12 Ah lead-acid pack): its non-active step, about 45 VA, is below the
+    # 50 VA a plateau needs, but its taper loses about 39 % of its fall in non-active power,
+    # as a charger without PFC does (30-80 %).
+    loads = [*HOUSE, charger(hours(23), cc=hours(3), taper=hours(3), watts=115.0, pf=0.72)]
+    changes = run(readings(loads))
+    assert [c.change for c in changes] == [Change.RAISED, Change.CLEARED]
+    raised, cleared = (c.episode for c in changes)
+    assert raised.evidence["recognised_by"] == "taper"
+    assert raised.evidence["signal"] == "power_w"
+    # CC ends 02:00: raised during the taper, cleared once the charger is off (05:00)
+    assert at(26.1) <= raised.raised_at <= at(28.0)
+    assert cleared.cleared_at is not None and at(28.5) <= cleared.cleared_at <= at(29.5)
+
+
+def test_a_session_raised_on_its_plateau_is_not_raised_again_by_its_taper() -> None:
+    # The plateau's episode clears once the charger is down to its tail; the real-power taper
+    # that follows belongs to the same session and is no second alert.
+    loads = [*HOUSE, charger(hours(19), cc=hours(2.5), taper=hours(3), watts=200.0, pf=0.6)]
+    changes = run(readings(loads))
+    raises = [c.episode for c in changes if c.change is Change.RAISED]
+    assert len(raises) == 1
+    assert raises[0].evidence["recognised_by"] == "non_active_plateau"
