@@ -37,6 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from fleet.db import utcnow
 from fleet.dbthreads import DbThreads
 from fleet.models import Gateway, GatewayHeartbeat, HealthNotification, UplinkMessage
+from fleet.queries import UNJUDGED_S, offline_limit_s
 from fleet.settings import Settings
 from fleet.store import PROPERTY, gateway_offline_key, insert_ignoring_duplicates
 
@@ -128,15 +129,6 @@ class HealthMonitor:
         self._db = db
         self.timed_out = 0
 
-    @property
-    def grace_s(self) -> float:
-        s = self._settings
-        return s.gateway_offline_after_s if s.health_grace_s is None else s.health_grace_s
-
-    def timeouts_active(self, now: datetime) -> bool:
-        since = self._stats.subscribed_since
-        return since is not None and (now - since).total_seconds() >= self.grace_s
-
     async def run(self) -> None:
         s = self._settings
         interval = min(s.health_sweep_s, s.gateway_offline_after_s / 4)
@@ -146,8 +138,10 @@ class HealthMonitor:
             await asyncio.sleep(interval)
             now = utcnow()
             try:
-                if self.timeouts_active(now):
-                    gone = await self._db.run(sweep, self._sessions, now, s.gateway_offline_after_s)
+                # the same limit as the API and the pages (none during the grace period)
+                limit = offline_limit_s(s, self._stats.subscribed_since, now)
+                if limit < UNJUDGED_S:
+                    gone = await self._db.run(sweep, self._sessions, now, limit)
                     if gone:
                         self.timed_out += len(gone)
                         log.info(

@@ -9,6 +9,30 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from fleet.models import Alert, ForwardDelivery, Gateway
+from fleet.settings import Settings
+
+# "Never" for a silence limit: while silence cannot be judged, only the stored flag counts
+UNJUDGED_S = 1e9
+
+
+def offline_limit_s(settings: Settings, listening_since: datetime | None, now: datetime) -> float:
+    """The silence after which a gateway counts as offline, as this process can judge it.
+
+    Silence means something only once messages have been received without interruption for
+    the health grace period (``FLEET_HEALTH_GRACE_S``, by default the offline limit): after a
+    restart or a broker outage, every gateway's last message is old because nobody was
+    listening. Until then -- and in a process that does not ingest at all -- the stored flag
+    decides alone (a death message, or the health sweep of the process that ingests). The
+    health sweep, the API, /metrics and every page use this one limit, so they agree.
+    """
+    grace = (
+        settings.gateway_offline_after_s
+        if settings.health_grace_s is None
+        else settings.health_grace_s
+    )
+    if listening_since is None or (now - listening_since).total_seconds() < grace:
+        return UNJUDGED_S
+    return settings.gateway_offline_after_s
 
 
 def gateway_online(gateway: Gateway, *, now: datetime, offline_after_s: float) -> bool:

@@ -35,6 +35,7 @@ from fleet import web_fleet, web_officer
 from fleet.api.cases import read_flat_file
 from fleet.api.deps import (
     COOKIE_NAME,
+    OfflineLimitDep,
     Principal,
     RuntimeDep,
     SessionDep,
@@ -634,6 +635,7 @@ def make_router(settings: Settings) -> APIRouter:
         request: Request,
         session: SessionDep,
         settings: SettingsDep,
+        offline_after_s: OfflineLimitDep,
         *,
         user: PageUser,
         lang: str | None = None,
@@ -645,9 +647,7 @@ def make_router(settings: Settings) -> APIRouter:
         gateways = [
             {
                 "row": g,
-                "online": gateway_online(
-                    g, now=now, offline_after_s=settings.gateway_offline_after_s
-                ),
+                "online": gateway_online(g, now=now, offline_after_s=offline_after_s),
             }
             for g, _, _ in (
                 fleet_health(
@@ -657,7 +657,7 @@ def make_router(settings: Settings) -> APIRouter:
                     limit=RECENT_ALERTS,
                     offset=0,
                     now=now,
-                    offline_after_s=settings.gateway_offline_after_s,
+                    offline_after_s=offline_after_s,
                 )[0]
                 if user.role in GATEWAY_ROLES
                 else []
@@ -816,6 +816,7 @@ def make_router(settings: Settings) -> APIRouter:
         request: Request,
         session: SessionDep,
         settings: SettingsDep,
+        offline_after_s: OfflineLimitDep,
         *,
         user: PageUser,
         lang: str | None = None,
@@ -837,7 +838,7 @@ def make_router(settings: Settings) -> APIRouter:
             limit=PAGE_SIZE,
             offset=(page - 1) * PAGE_SIZE,
             now=now,
-            offline_after_s=settings.gateway_offline_after_s,
+            offline_after_s=offline_after_s,
         )
         # Outbox backlog (newest heartbeat), devices silent or faulty, config versions.
         extra = web_fleet.fleet_columns(session, [gateway.gateway_id for gateway, _, _ in rows])
@@ -846,9 +847,7 @@ def make_router(settings: Settings) -> APIRouter:
                 "row": gateway,
                 "compound": compound,
                 "building": building,
-                "online": gateway_online(
-                    gateway, now=now, offline_after_s=settings.gateway_offline_after_s
-                ),
+                "online": gateway_online(gateway, now=now, offline_after_s=offline_after_s),
                 **extra[gateway.gateway_id],
             }
             for gateway, compound, building in rows
@@ -859,11 +858,7 @@ def make_router(settings: Settings) -> APIRouter:
                     sa.select(Gateway.gateway_id)
                     .outerjoin(Entrance, Entrance.id == Gateway.entrance_id)
                     .outerjoin(Building, Building.id == Entrance.building_id)
-                    .where(
-                        sa.not_(
-                            online_clause(now=now, offline_after_s=settings.gateway_offline_after_s)
-                        )
-                    ),
+                    .where(sa.not_(online_clause(now=now, offline_after_s=offline_after_s))),
                     user,
                     Building.compound_id,
                 ).subquery()
@@ -883,7 +878,7 @@ def make_router(settings: Settings) -> APIRouter:
                     user,
                     BUILDINGS_SHOWN,
                     now=now,
-                    offline_after_s=settings.gateway_offline_after_s,
+                    offline_after_s=offline_after_s,
                 ),
                 "online_filter": online or "",
                 "pager": _pager(request, page, total),
@@ -1012,6 +1007,7 @@ def make_router(settings: Settings) -> APIRouter:
     @router.get("/install/gateways/{gateway_id}/status")
     def install_status(
         session: SessionDep,
+        offline_after_s: OfflineLimitDep,
         *,
         user: PageUser,
         gateway_id: Annotated[str, Path_(max_length=64)],
@@ -1026,9 +1022,7 @@ def make_router(settings: Settings) -> APIRouter:
             or not user.sees(compound_of_gateway(session, gateway_id))
         ):
             return Response(status_code=status.HTTP_404_NOT_FOUND)
-        online = gateway_online(
-            gateway, now=utcnow(), offline_after_s=settings.gateway_offline_after_s
-        )
+        online = gateway_online(gateway, now=utcnow(), offline_after_s=offline_after_s)
         zone = ZoneInfo(settings.display_timezone)
         body = {
             "online": online,

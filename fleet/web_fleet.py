@@ -34,7 +34,7 @@ from fastapi.responses import RedirectResponse, Response
 from pydantic import ValidationError
 from sqlalchemy.orm import Session, aliased
 
-from fleet.api.deps import COOKIE_NAME, Principal, SessionDep
+from fleet.api.deps import COOKIE_NAME, OfflineLimitDep, Principal, SessionDep
 from fleet.api.sites import DeviceUpdate, update_device
 from fleet.db import utcnow
 from fleet.health import device_state
@@ -387,11 +387,11 @@ def mapping_flats(session: Session, gateway: Gateway) -> list[dict[str, Any]]:
 
 
 def live_status(
-    session: Session, gateway: Gateway, settings: Settings, lang: Lang
+    session: Session, gateway: Gateway, settings: Settings, lang: Lang, *, offline_after_s: float
 ) -> dict[str, Any]:
     """The live part of the gateway page and of the enrollment page."""
     zone = ZoneInfo(settings.display_timezone)
-    online = gateway_online(gateway, now=utcnow(), offline_after_s=settings.gateway_offline_after_s)
+    online = gateway_online(gateway, now=utcnow(), offline_after_s=offline_after_s)
     beats = latest_heartbeats(session, [gateway.gateway_id])
     version = config_versions(session, [gateway.gateway_id], beats)[gateway.gateway_id]
     latest = beats.get(gateway.gateway_id)
@@ -447,6 +447,7 @@ def register(router: APIRouter, kit: PageKit) -> None:
     def gateway_page(
         request: Request,
         session: SessionDep,
+        offline_after_s: OfflineLimitDep,
         *,
         user: PageUser,
         gateway_id: GatewayPath,
@@ -463,7 +464,7 @@ def register(router: APIRouter, kit: PageKit) -> None:
             return kit.missing(request, chosen, user, exists)
         zone = ZoneInfo(settings.display_timezone)
         now = utcnow()
-        online = gateway_online(gateway, now=now, offline_after_s=settings.gateway_offline_after_s)
+        online = gateway_online(gateway, now=now, offline_after_s=offline_after_s)
         beats = latest_heartbeats(session, [gateway_id])
         may_map = user.role in MAPPING_ROLES
         return kit.render(
@@ -492,6 +493,7 @@ def register(router: APIRouter, kit: PageKit) -> None:
     @router.get("/gateways/{gateway_id}/live")
     def gateway_live(
         session: SessionDep,
+        offline_after_s: OfflineLimitDep,
         *,
         user: PageUser,
         gateway_id: GatewayPath,
@@ -504,7 +506,9 @@ def register(router: APIRouter, kit: PageKit) -> None:
         if gateway is None:
             code = status.HTTP_403_FORBIDDEN if exists else status.HTTP_404_NOT_FOUND
             return Response(status_code=code)
-        body = live_status(session, gateway, settings, pick_lang(lang))
+        body = live_status(
+            session, gateway, settings, pick_lang(lang), offline_after_s=offline_after_s
+        )
         return Response(
             json.dumps(body, ensure_ascii=False),
             media_type="application/json",

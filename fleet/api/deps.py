@@ -40,7 +40,9 @@ from sqlalchemy.orm import Session
 
 from fleet.audit import Actor
 from fleet.auth import InvalidTokenError, user_from_api_key, user_from_token
+from fleet.db import utcnow
 from fleet.models import Role, User
+from fleet.queries import offline_limit_s
 from fleet.runtime import Runtime
 from fleet.settings import Settings
 from fleet.sites import IntColumn, Scope, StrColumn, gateway_in_scope, in_scope, user_scope
@@ -67,6 +69,15 @@ def get_settings(runtime: RuntimeDep) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
+
+
+def get_offline_limit(runtime: RuntimeDep) -> float:
+    """Seconds of silence after which a gateway counts as offline in this process right now
+    (see :func:`fleet.queries.offline_limit_s`)."""
+    return offline_limit_s(runtime.settings, runtime.ingest_stats.subscribed_since, utcnow())
+
+
+OfflineLimitDep = Annotated[float, Depends(get_offline_limit)]
 
 
 def get_session(runtime: RuntimeDep) -> Iterator[Session]:

@@ -8,17 +8,26 @@ every other scoped object.
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Depends, HTTPException, Query, Response, status
 from pydantic import BaseModel, Field
 
-from fleet.api.deps import Principal, SessionDep, ensure_compound, require, scope_filter
+from fleet.api.deps import (
+    OfflineLimitDep,
+    Principal,
+    SessionDep,
+    ensure_compound,
+    require,
+    scope_filter,
+)
 from fleet.api.types import IdQuery, Offset, TextPath
+from fleet.db import utcnow
 from fleet.health import device_state
 from fleet.models import Building, DeviceHealth, Entrance, Gateway, Role
+from fleet.queries import gateway_online, online_clause
 from fleet.sites import compound_of_gateway
 
 router = APIRouter(prefix="/gateways", tags=["gateways"])
@@ -37,7 +46,8 @@ class GatewayPublic(BaseModel):
     compound_id: int | None = Field(description="Via the gateway's entrance; null if unmapped.")
     online: bool = Field(
         description="False after a death message (last will or clean stop), or after "
-        "FLEET_GATEWAY_OFFLINE_AFTER_S without any message (see offline_reason)."
+        "FLEET_GATEWAY_OFFLINE_AFTER_S without any message (see offline_reason); the same "
+        "test as the web pages, so both always agree."
     )
     offline_reason: str | None = Field(description="'death' or 'timeout' while offline.")
     offline_since: datetime | None
@@ -55,15 +65,25 @@ class GatewayPublic(BaseModel):
     first_seen: datetime
 
     @classmethod
-    def of(cls, gateway: Gateway, compound_id: int | None) -> GatewayPublic:
+    def of(
+        cls, gateway: Gateway, compound_id: int | None, *, now: datetime, offline_after_s: float
+    ) -> GatewayPublic:
+        online, reason, since = _state(
+            gateway.online,
+            gateway.offline_reason,
+            gateway.offline_since,
+            gateway.last_seen,
+            now=now,
+            offline_after_s=offline_after_s,
+        )
         return cls(
             gateway_id=gateway.gateway_id,
             site_id=gateway.site_id,
             entrance_id=gateway.entrance_id,
             compound_id=compound_id,
-            online=gateway.online,
-            offline_reason=gateway.offline_reason,
-            offline_since=gateway.offline_since,
+            online=online,
+            offline_reason=reason,
+            offline_since=since,
             last_seen=gateway.last_seen,
             last_heartbeat_at=gateway.last_heartbeat_at,
             session=gateway.session,
@@ -75,6 +95,29 @@ class GatewayPublic(BaseModel):
             last_death_at=gateway.last_death_at,
             first_seen=gateway.first_seen,
         )
+
+
+def _state(
+    online: bool,
+    reason: str | None,
+    since: datetime | None,
+    last_seen: datetime | None,
+    *,
+    now: datetime,
+    offline_after_s: float,
+) -> tuple[bool, str | None, datetime | None]:
+    """(online, offline_reason, offline_since) as :func:`fleet.queries.gateway_online` sees
+    the gateway: the stored flag is only cleared by the health sweep, so a gateway silent for
+    longer than the limit is offline ("timeout", since the limit passed) before the sweep
+    has run."""
+    if not online:
+        return False, reason, since
+    limit = timedelta(seconds=offline_after_s)
+    if last_seen is None:
+        return False, "timeout", None
+    if now - last_seen > limit:
+        return False, "timeout", last_seen + limit
+    return True, None, None
 
 
 class GatewaysPublic(BaseModel):
@@ -111,6 +154,7 @@ def read_gateways(
     *,
     session: SessionDep,
     user: GatewayUser,
+    offline_after_s: OfflineLimitDep,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE)] = 100,
     offset: Offset = 0,
     online: bool | None = None,
@@ -132,8 +176,11 @@ def read_gateways(
         user,
         Building.compound_id,
     )
+    now = utcnow()
+    limit_s = offline_after_s
     if online is not None:
-        stmt = stmt.where(Gateway.online.is_(online))
+        clause = online_clause(now=now, offline_after_s=limit_s)
+        stmt = stmt.where(clause if online else sa.not_(clause))
     if compound_id is not None:
         stmt = stmt.where(Building.compound_id == compound_id)
     total = session.scalar(sa.select(sa.func.count()).select_from(stmt.subquery())) or 0
@@ -141,7 +188,18 @@ def read_gateways(
         stmt = stmt.where(Gateway.gateway_id > after)
     rows = session.execute(stmt.order_by(Gateway.gateway_id).limit(limit + 1).offset(offset)).all()
     more = len(rows) > limit
-    items = [GatewayPublic.model_construct(**row._mapping) for row in rows[:limit]]
+    items = []
+    for row in rows[:limit]:
+        fields = dict(row._mapping)
+        fields["online"], fields["offline_reason"], fields["offline_since"] = _state(
+            fields["online"],
+            fields["offline_reason"],
+            fields["offline_since"],
+            fields["last_seen"],
+            now=now,
+            offline_after_s=limit_s,
+        )
+        items.append(GatewayPublic.model_construct(**fields))
     page = GatewaysPublic.model_construct(
         items=items,
         total=total,
@@ -161,17 +219,25 @@ def _visible_gateway(session: SessionDep, user: GatewayUser, gateway_id: TextPat
 
 
 @router.get("/{gateway_id}")
-def read_gateway(session: SessionDep, user: GatewayUser, gateway_id: TextPath) -> GatewayPublic:
+def read_gateway(
+    session: SessionDep, user: GatewayUser, offline_after_s: OfflineLimitDep, gateway_id: TextPath
+) -> GatewayPublic:
     gateway = _visible_gateway(session, user, gateway_id)
-    return GatewayPublic.of(gateway, compound_of_gateway(session, gateway_id))
+    return GatewayPublic.of(
+        gateway,
+        compound_of_gateway(session, gateway_id),
+        now=utcnow(),
+        offline_after_s=offline_after_s,
+    )
 
 
 @router.get("/{gateway_id}/devices")
 def read_gateway_devices(
-    session: SessionDep, user: GatewayUser, gateway_id: TextPath
+    session: SessionDep, user: GatewayUser, offline_after_s: OfflineLimitDep, gateway_id: TextPath
 ) -> list[DevicePublic]:
     """The devices behind a gateway as it last reported them (birth and heartbeats)."""
     gateway = _visible_gateway(session, user, gateway_id)
+    live = gateway_online(gateway, now=utcnow(), offline_after_s=offline_after_s)
     rows = session.scalars(
         sa.select(DeviceHealth)
         .where(DeviceHealth.gateway_id == gateway_id)
@@ -183,7 +249,7 @@ def read_gateway_devices(
             kind=d.kind,
             unit_id=d.unit_id,
             location=d.location,
-            state=device_state(gateway_online=gateway.online, online=d.online, fault=d.fault),
+            state=device_state(gateway_online=live, online=d.online, fault=d.fault),
             fault=d.fault,
             device_last_seen=d.device_last_seen,
             reported_at=d.reported_at,

@@ -24,9 +24,10 @@ from typing import Any
 import sqlalchemy as sa
 from fastapi import APIRouter, Response
 
-from fleet.api.deps import SessionDep
+from fleet.api.deps import OfflineLimitDep, SessionDep
 from fleet.db import utcnow
 from fleet.models import Gateway, GatewaySession, HealthNotification, IngestWorker
+from fleet.queries import online_clause
 
 router = APIRouter(tags=["metrics"])
 
@@ -75,7 +76,7 @@ def _stats(raw: Any) -> dict[str, Any]:
     return raw if isinstance(raw, dict) else {}
 
 
-def render(session: SessionDep) -> str:
+def render(session: SessionDep, offline_after_s: float) -> str:
     now = utcnow()
     workers = [
         (w.worker_id, _stats(w.stats))
@@ -156,9 +157,9 @@ def render(session: SessionDep) -> str:
         [({}, float(len(workers)))],
     )  # fmt: skip
 
-    online = dict(
-        session.execute(sa.select(Gateway.online, sa.func.count()).group_by(Gateway.online)).all()
-    )
+    # the same online test as the API's gateways and the pages (flag and recent last_seen)
+    is_online = online_clause(now=now, offline_after_s=offline_after_s).label("online")
+    online = dict(session.execute(sa.select(is_online, sa.func.count()).group_by(is_online)).all())
     out.family(
         "fleet_gateways_online", "gauge", "Gateways online now.",
         [({}, float(online.get(True, 0)))],
@@ -209,5 +210,5 @@ def render(session: SessionDep) -> str:
 
 
 @router.get("/metrics", response_class=Response, include_in_schema=True)
-def read_metrics(session: SessionDep) -> Response:
-    return Response(content=render(session), media_type=CONTENT_TYPE)
+def read_metrics(session: SessionDep, offline_after_s: OfflineLimitDep) -> Response:
+    return Response(content=render(session, offline_after_s), media_type=CONTENT_TYPE)

@@ -27,7 +27,7 @@ from contract.topics import Down, down
 from firmware_sim.modbus_meters import ModbusMeterSim, constant_load
 from fleet.api.deps import COOKIE_NAME
 from fleet.db import utcnow
-from fleet.models import Flat, Gateway
+from fleet.models import DeviceHealth, Flat, Gateway
 from fleet.web_kit import csrf_token
 from tests.conftest import BrokerEndpoint
 from tests.fleet.helpers import (
@@ -432,14 +432,29 @@ async def test_a_silent_gateway_is_offline_in_every_figure_of_the_fleet_page(
     mqtt_broker: BrokerEndpoint, database_url: str
 ) -> None:
     """Connected by its flag but silent past the limit (the health monitor has not swept yet):
-    its row, the offline count, the building summary and the filters all say offline."""
-    settings = make_settings(mqtt_broker, database_url, public_url="http://fleet.test")
+    its row, the offline count, the building summary and the filters all say offline, and so
+    do the JSON API (the gateway, the list and its filter, its devices) and /metrics."""
+    # no grace period: silence counts as soon as ingest is subscribed (by default it counts
+    # only after FLEET_HEALTH_GRACE_S of listening, see fleet.queries.offline_limit_s)
+    settings = make_settings(
+        mqtt_broker, database_url, public_url="http://fleet.test", health_grace_s=0.0
+    )
     async with fleet_client(settings) as client, seeded(client, mqtt_broker, settings) as seed:
         gw = seed.a.gateway
         with seed.sessions() as session, session.begin():
             gateway = session.get(Gateway, gw)
             assert gateway is not None and gateway.online  # its birth
             gateway.last_seen = utcnow() - timedelta(seconds=settings.gateway_offline_after_s + 60)
+            # what its last heartbeat said of a meter: fine, but nobody can tell any more
+            session.add(
+                DeviceHealth(
+                    gateway_id=gw,
+                    device_id="m-201",
+                    online=True,
+                    reported_at=gateway.last_seen,
+                    counters={},
+                )
+            )
         await _page_login(client, "property_a")
         page = await client.get("/fleet")
         assert page.status_code == 200
@@ -451,3 +466,19 @@ async def test_a_silent_gateway_is_offline_in_every_figure_of_the_fleet_page(
         assert f'id="gw-{gw}"' in offline_only.text
         online_only = await client.get("/fleet", params={"online": "yes"})
         assert f'id="gw-{gw}"' not in online_only.text
+
+        headers = seed.auth("property")
+        one = (await client.get(f"/api/gateways/{gw}", headers=headers)).json()
+        assert one["online"] is False and one["offline_reason"] == "timeout"
+        assert one["offline_since"] is not None
+        listed = await client.get("/api/gateways", params={"online": "false"}, headers=headers)
+        assert gw in [g["gateway_id"] for g in listed.json()["items"]]
+        row = next(g for g in listed.json()["items"] if g["gateway_id"] == gw)
+        assert row["online"] is False and row["offline_reason"] == "timeout"
+        live = await client.get("/api/gateways", params={"online": "true"}, headers=headers)
+        assert gw not in [g["gateway_id"] for g in live.json()["items"]]
+        devices = (await client.get(f"/api/gateways/{gw}/devices", headers=headers)).json()
+        assert devices and {d["state"] for d in devices} == {"unknown"}
+        gauges = (await client.get("/metrics")).text
+        assert re.search(r"^fleet_gateways_online 1(\.0)?$", gauges, re.M), gauges
+        assert re.search(r"^fleet_gateways_offline 1(\.0)?$", gauges, re.M), gauges
