@@ -70,9 +70,13 @@ Recognition by the taper (every meter)
     pack's CC phase is 1-6 h, a laptop's under an hour) and
     a single step up of most of the fall before that (within ``max_plateau_s``). On a meter
     with current, the run must also lose at most ``taper_non_active_fraction`` (12 %) of its
-    fall in non-active power (active PFC, PF 0.9 or more, loses at most 11 %; lamps, fans and
-    motors more): this path is for chargers with a corrected power factor (and meters without
-    current); low-power-factor chargers are recognised by their plateau.
+    fall in non-active power (active PFC, PF 0.9 or more, loses at most 11 %), or 30-80 % of
+    it (``_LOW_PF_X``: a charger without PFC, PF 0.55-0.77, whose non-active step was too small
+    for the plateau, taken only while no other session of the meter is open or tapering);
+    lamps, fans and motors fall in between. A taper is not reported when a session reported
+    before explains it (see ``_already``): one whose plateau began within ``_SAME_SESSION_S``
+    (45 min) of this one's, or one whose episode was open when the run began, unless that one
+    is still on its non-active plateau (then the taper is another charger's).
 
 Raising and clearing
     The episode is raised at the end of the bin in which the signature was recognised (that is
@@ -171,7 +175,9 @@ _MAX_STEP_SHARE = 1.5  # a real-power step above this share of max_step_w is not
 _STEP_SHARE = 0.7  # a bin's fall is a switch-off when one reading-to-reading fall is this much
 _FLOOR_CREEP = 0.02  # of the step scale per hour: the standby floor follows a slow rise
 _UNKNOWN = 0
-_SAME_SESSION_S = 2700.0
+_SAME_SESSION_S = 2700.0  # two sessions whose plateaus began this close are one (see _already)
+# The non-active fall of a low-power-factor charger's taper, as shares of its real-power fall:
+# S - P = P (1/pf - 1) is 0.30-0.82 P for PF 0.55-0.77 (PFC chargers: 0.02-0.11 P)
 _LOW_PF_X = (0.3, 0.8)
 _NON_ACTIVE = 1  # the meter reports voltage and current: work on S - P
 _POWER = 2  # it does not: work on P
@@ -653,6 +659,9 @@ class EbikeChargingSuspectedRule:
         return False
 
     def _taper_signal_ok(self, st: _Meter, run: _Run) -> bool:
+        """Whether the run's non-active fall is a charger's (meters with current only): small
+        beside its real-power fall (PFC), or a low power factor's share of it while no other
+        session of the meter is open or tapering (their own fall would be mixed in)."""
         if st.mode != _NON_ACTIVE:
             return True
         x_fall = run.x0 - st.env
