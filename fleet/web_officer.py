@@ -45,6 +45,7 @@ from fleet.reports import TABLES, Report, compute, to_csv, to_xlsx
 from fleet.settings import Settings
 from fleet.sites import alert_compound, compound_of_alert
 from fleet.texts import pick_lang
+from fleet.thumbs import thumbnail
 from fleet.web_kit import PageKit, PageUser, csrf_ok, with_lang
 
 # Who may comment and add photos: fleet.lifecycle.add_comment (officers, admins, and property
@@ -458,10 +459,17 @@ def register(router: APIRouter, kit: PageKit) -> None:
 
     @router.get("/alerts/{alert_id}/photos/{photo_id}")
     def photo(
-        session: SessionDep, *, user: PageUser, alert_id: TextPath, photo_id: IdPath
+        session: SessionDep,
+        *,
+        user: PageUser,
+        alert_id: TextPath,
+        photo_id: IdPath,
+        size: Annotated[str | None, Query(max_length=8)] = None,
     ) -> Response:
         """A photo of an alert for the page (the cookie, not a bearer token), scoped as
-        GET /api/alerts/{id}/photos/{photo_id}: another compound's alert is 403."""
+        GET /api/alerts/{id}/photos/{photo_id}: another compound's alert is 403.
+        ``?size=thumb``: a small JPEG for the timeline (fleet.thumbs), or the photo itself
+        when it cannot be made."""
         if user is None:
             return Response(status_code=status.HTTP_401_UNAUTHORIZED)
         alert = get_alert(session, alert_id)
@@ -472,9 +480,14 @@ def register(router: APIRouter, kit: PageKit) -> None:
         row = session.get(AlertPhoto, photo_id)
         if row is None or row.alert_id != alert_id:
             return Response(status_code=status.HTTP_404_NOT_FOUND)
+        data, media_type = row.data, row.content_type
+        if size == "thumb":
+            thumb = thumbnail(row.data)
+            if thumb is not None:
+                data, media_type = thumb, "image/jpeg"
         return Response(
-            row.data,
-            media_type=row.content_type,  # image/jpeg or image/png, checked from the bytes
+            data,
+            media_type=media_type,  # image/jpeg or image/png, checked from the bytes
             headers={
                 "Cache-Control": "private, max-age=86400",
                 "X-Content-Type-Options": "nosniff",

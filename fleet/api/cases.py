@@ -80,6 +80,7 @@ from fleet.reports import TABLES, compute, to_csv, to_xlsx
 from fleet.risk import Reason, flat_alerts, flat_risk, flat_risks
 from fleet.settings import Settings
 from fleet.sites import compound_of_gateway
+from fleet.thumbs import thumbnail
 
 router = APIRouter(tags=["cases"])
 
@@ -476,12 +477,22 @@ def comment_on_alert(
 
 @router.get("/alerts/{alert_id}/photos/{photo_id}")
 def read_photo(
-    session: SessionDep, user: CurrentUser, alert_id: TextPath, photo_id: IdPath
+    session: SessionDep,
+    user: CurrentUser,
+    alert_id: TextPath,
+    photo_id: IdPath,
+    size: Annotated[Literal["full", "thumb"], Query()] = "full",
 ) -> Response:
+    """The photo as uploaded, or with ``size=thumb`` a JPEG of at most 320 px on its longer
+    side, upright (the photo itself when it cannot be read as an image)."""
     _load(session, user, alert_id, lock=False)
     photo = session.get(AlertPhoto, photo_id)
     if photo is None or photo.alert_id != alert_id:
         raise HTTPException(status.HTTP_404_NOT_FOUND, "No such photo")
+    if size == "thumb":
+        thumb = thumbnail(photo.data)
+        if thumb is not None:
+            return Response(thumb, media_type="image/jpeg")
     return Response(photo.data, media_type=photo.content_type)
 
 

@@ -276,7 +276,7 @@ async def test_comments_and_photos_from_the_alert_page(
         assert r.status_code == 303
         page = await client.get(page_path)
         thumbs = re.findall(
-            rf'<img src="/alerts/{seed.a.alert}/photos/(\d+)" alt="([^"]+)"', page.text
+            rf'<img src="/alerts/{seed.a.alert}/photos/(\d+)\?size=thumb" alt="([^"]+)"', page.text
         )
         assert len(thumbs) == 2
         assert "现场照片 site.png" in thumbs[0][1] and "officer_a" in thumbs[0][1]
@@ -652,3 +652,79 @@ async def test_an_officer_filters_comments_adds_a_photo_and_downloads_the_report
     await page.set_viewport_size({"width": PHONE["width"], "height": PHONE["height"]})
     width = await page.evaluate("document.documentElement.scrollWidth")
     assert width <= PHONE["width"]
+
+
+def _camera_jpeg(size: tuple[int, int] = (1600, 1200)) -> bytes:
+    """A camera-sized photo, stored sideways with EXIF orientation 6 (rotate 90° to view)."""
+    w, h = size
+    img = Image.linear_gradient("L").resize(size).convert("RGB")
+    img.paste((200, 40, 40), (0, 0, w // 4, h // 4))  # a red block in the stored top-left
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    img.save(out, format="JPEG", quality=90, exif=exif)
+    return out.getvalue()
+
+
+async def test_the_timeline_shows_small_upright_thumbnails_and_links_the_whole_photo(
+    mqtt_broker: BrokerEndpoint, database_url: str
+) -> None:
+    settings = make_settings(mqtt_broker, database_url, public_url="http://fleet.test")
+    big = _camera_jpeg()
+    assert len(big) <= settings.photo_max_bytes
+    async with fleet_client(settings) as client, seeded(client, mqtt_broker, settings) as seed:
+        page_path = f"/alerts/{seed.a.alert}"
+        await _page_login(client, "officer_a")
+        token = _csrf((await client.get(page_path)).text)
+        post = f"/alerts/{seed.a.alert}/comments"
+        truncated = big[: len(big) // 3]  # starts like a JPEG (accepted), but cut short
+        for name, data, kind in (
+            ("camera.jpg", big, "image/jpeg"),
+            ("logo.png", _png(size=(900, 300)), "image/png"),
+            ("cut.jpg", truncated, "image/jpeg"),
+        ):
+            r = await client.post(
+                post,
+                data={"csrf": token, "form": "photos"},
+                files=[("photos", (name, data, kind))],
+            )
+            assert r.status_code == 303, r.text
+        page = (await client.get(page_path)).text
+        ids = re.findall(
+            rf'<a href="/alerts/{seed.a.alert}/photos/(\d+)" id="photo-\d+"><img '
+            rf'src="/alerts/{seed.a.alert}/photos/(\d+)\?size=thumb"',
+            page,
+        )
+        assert len(ids) == 3 and all(a == b for a, b in ids)
+        camera, logo, cut = (f"/alerts/{seed.a.alert}/photos/{a}" for a, _ in ids)
+
+        # The camera photo: a small JPEG, upright (the stored top-left block is now top-right).
+        thumb = await client.get(camera, params={"size": "thumb"})
+        assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
+        assert len(thumb.content) * 5 < len(big)
+        shown = Image.open(io.BytesIO(thumb.content))
+        assert shown.size == (240, 320)  # 1600 x 1200 stored sideways, 320 px on its long side
+        r, g, b = shown.convert("RGB").getpixel((shown.width - 10, 10))  # type: ignore[misc]
+        assert r > 150 and g < 90 and b < 90
+        # The link gives the photo itself, byte for byte.
+        whole = await client.get(camera)
+        assert whole.headers["content-type"] == "image/jpeg" and whole.content == big
+
+        # A PNG becomes a JPEG thumbnail of at most 320 px.
+        small = await client.get(logo, params={"size": "thumb"})
+        assert small.headers["content-type"] == "image/jpeg"
+        assert Image.open(io.BytesIO(small.content)).size == (320, 107)
+
+        # The API gives the same thumbnail to a client with a bearer token.
+        api = f"/api{camera}"
+        officer = seed.auth("officer", "a")
+        api_thumb = await client.get(api, params={"size": "thumb"}, headers=officer)
+        assert api_thumb.headers["content-type"] == "image/jpeg"
+        assert api_thumb.content == thumb.content
+        assert (await client.get(api, headers=officer)).content == big
+        assert (await client.get(api, params={"size": "huge"}, headers=officer)).status_code == 422
+
+        # A photo Pillow cannot read has no thumbnail: the photo itself is served, no error.
+        broken = await client.get(cut, params={"size": "thumb"})
+        assert broken.status_code == 200
+        assert broken.headers["content-type"] == "image/jpeg" and broken.content == truncated
