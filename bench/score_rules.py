@@ -30,11 +30,13 @@ if str(ROOT) not in sys.path:
 from firmware_sim.scenario.generate import GENERATOR, ScenarioParams, generate  # noqa: E402
 from firmware_sim.scenario.score import (  # noqa: E402
     KindScore,
+    breakdown_table,
     load_jsonl,
     markdown_table,
     parse_seeds,
     pooled,
     score,
+    suspected_breakdown,
 )
 
 
@@ -103,11 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--meter-interval-s", type=int, default=60)
     parser.add_argument("--start", type=date.fromisoformat, default=date(2026, 3, 1))
     parser.add_argument("--regenerate", action="store_true", help="ignore cached scenarios")
+    parser.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also print ebike_charging_suspected recall by kind of session (PFC, unplugged "
+        "early, overlapping another session), pooled over the seeds",
+    )
     args = parser.parse_args(argv)
     seeds = parse_seeds(args.seeds)
     args.workdir.mkdir(parents=True, exist_ok=True)
 
     per_seed: list[dict[str, KindScore]] = []
+    breakdown: dict[str, tuple[int, int]] = {}
     results: list[dict[str, Any]] = []
     total_lines = 0
     total_seconds = 0.0
@@ -124,8 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         lines = _count_lines(scenario / "events.jsonl")
         alerts_path, seconds = run_replay(scenario, args.config)
         truth = json.loads((scenario / "truth.json").read_text(encoding="utf-8"))
-        scores = score(load_jsonl(alerts_path), truth)
+        alerts = load_jsonl(alerts_path)
+        scores = score(alerts, truth)
         per_seed.append(scores)
+        if args.breakdown:
+            for group, (found, total) in suspected_breakdown(alerts, truth).items():
+                f0, t0 = breakdown.get(group, (0, 0))
+                breakdown[group] = (f0 + found, t0 + total)
         total_lines += lines
         total_seconds += seconds
         print(f"\n### seed {seed}\n")
@@ -146,6 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(total))
     rate = total_lines / total_seconds if total_seconds else 0.0
     print(f"\nreplay: {total_lines:,} lines in {total_seconds:.1f}s ({rate:,.0f} events/s)")
+    if args.breakdown:
+        print(f"\n### ebike_charging_suspected sessions found, seeds {args.seeds}\n")
+        print(breakdown_table(breakdown))
     if args.json:
         print(
             json.dumps(

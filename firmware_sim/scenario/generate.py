@@ -386,6 +386,7 @@ class FlatSim:
                     "power_w": round(s.plateau_w),
                     "battery": bat.describe(),
                     "unplugged_early": s.unplugged_early,
+                    "power_factor": round(s.pf, 2),
                 }
             )
         if bat.on_sensor and self.sensor is not None and self.sensor.add(s):

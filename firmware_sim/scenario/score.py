@@ -156,6 +156,68 @@ def pooled(per_seed: Sequence[Mapping[str, KindScore]]) -> dict[str, KindScore]:
     return out
 
 
+SUSPECTED = "ebike_charging_suspected"
+PFC_MIN = 0.9
+"""A charger whose power factor is at least this has power-factor correction."""
+BREAKDOWN_GROUPS = (
+    "all",
+    "charger with PFC",
+    "charger without PFC",
+    "power factor not labelled",
+    "unplugged early",
+    "overlaps another session of the flat",
+    "alone in the flat",
+)
+
+
+def suspected_breakdown(
+    alerts: Iterable[Mapping[str, Any]], truth: Mapping[str, Any]
+) -> dict[str, tuple[int, int]]:
+    """``ebike_charging_suspected`` recall by kind of session: group -> (found, labelled).
+
+    A session is found when the episode matching (:func:`match_episodes`, as :func:`score`)
+    pairs it with an alert. The groups overlap (a session is in one power-factor group and
+    in one of the last two), so they are a map of where the misses are, not a partition."""
+    end = datetime.fromisoformat(truth["end"])
+    sessions: dict[str | None, list[Mapping[str, Any]]] = defaultdict(list)
+    for e in truth.get("episodes", []):
+        if e.get("kind") == SUSPECTED:
+            sessions[subject_of(SUSPECTED, e)].append(e)
+    raised: dict[str | None, list[tuple[datetime, datetime]]] = defaultdict(list)
+    for a in alerts:
+        if a.get("kind") == SUSPECTED:
+            raised[subject_of(SUSPECTED, a)].append(
+                (datetime.fromisoformat(a["raised_at"]), _t(a.get("cleared_at"), end))
+            )
+    counts = {group: [0, 0] for group in BREAKDOWN_GROUPS}
+    for subject, episodes in sessions.items():
+        spans = [(datetime.fromisoformat(e["start"]), _t(e.get("end"), end)) for e in episodes]
+        found = {j for _, j in match_episodes(raised.get(subject, []), spans)}
+        for j, e in enumerate(episodes):
+            a0, a1 = spans[j]
+            pf = e.get("power_factor")
+            groups = ["all"]
+            if pf is None:
+                groups.append("power factor not labelled")
+            else:
+                groups.append("charger with PFC" if pf >= PFC_MIN else "charger without PFC")
+            if e.get("unplugged_early"):
+                groups.append("unplugged early")
+            alone = not any(k != j and b0 < a1 and a0 < b1 for k, (b0, b1) in enumerate(spans))
+            groups.append("alone in the flat" if alone else "overlaps another session of the flat")
+            for group in groups:
+                counts[group][1] += 1
+                counts[group][0] += j in found
+    return {group: (n[0], n[1]) for group, n in counts.items() if n[1]}
+
+
+def breakdown_table(rows: Mapping[str, tuple[int, int]]) -> str:
+    lines = ["| sessions | found | labelled | recall |", "|---|---:|---:|---:|"]
+    for group, (found, total) in rows.items():
+        lines.append(f"| {group} | {found} | {total} | {_fmt(found / total if total else None)} |")
+    return "\n".join(lines)
+
+
 def load_jsonl(path: Path) -> list[dict[str, Any]]:
     with path.open(encoding="utf-8") as f:
         return [json.loads(line) for line in f if line.strip()]

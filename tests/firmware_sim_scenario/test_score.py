@@ -9,11 +9,13 @@ import pytest
 
 from firmware_sim.scenario.score import (
     KindScore,
+    breakdown_table,
     markdown_table,
     match_episodes,
     parse_seeds,
     pooled,
     score,
+    suspected_breakdown,
 )
 
 START = "2026-03-01T00:00:00+08:00"
@@ -153,3 +155,54 @@ def test_parse_seeds() -> None:
         parse_seeds("5-3")
     with pytest.raises(ValueError):
         parse_seeds("")
+
+
+def test_suspected_breakdown_says_which_sessions_were_found() -> None:
+    def at(day: int, h: int, m: int = 0) -> str:
+        return f"2026-03-0{day}T{h:02d}:{m:02d}:00+08:00"
+
+    def session(start: str, end: str, pf: float | None, early: bool = False) -> dict[str, Any]:
+        e: dict[str, Any] = {
+            "kind": "ebike_charging_suspected",
+            "unit_id": "1-101",
+            "meter_id": "m-1-101",
+            "start": start,
+            "end": end,
+            "unplugged_early": early,
+        }
+        if pf is not None:
+            e["power_factor"] = pf
+        return e
+
+    truth = {
+        "end": at(4, 0),
+        "episodes": [
+            session(at(1, 19), at(1, 23), 0.6),
+            session(at(1, 19, 10), at(1, 22), 0.95),  # a PFC charger next to the first
+            session(at(2, 20), at(2, 21), 0.62, early=True),
+            session(at(3, 20), at(3, 23), None),  # an older scenario without the field
+        ],
+    }
+    alerts = [
+        {
+            "kind": "ebike_charging_suspected",
+            "unit_id": "1-101",
+            "raised_at": at(1, 19, 50),
+            "cleared_at": at(1, 23),
+        },
+        {"kind": "ebike_charging_suspected", "unit_id": "1-101", "raised_at": at(2, 20, 40)},
+        {"kind": "overload", "unit_id": "1-101", "raised_at": at(3, 21)},  # not this kind
+    ]
+    rows = suspected_breakdown(alerts, truth)
+    assert rows == {
+        "all": (2, 4),
+        "charger with PFC": (0, 1),
+        "charger without PFC": (2, 2),
+        "power factor not labelled": (0, 1),
+        "unplugged early": (1, 1),
+        "overlaps another session of the flat": (1, 2),
+        "alone in the flat": (1, 2),
+    }
+    table = breakdown_table(rows)
+    assert "| charger with PFC | 0 | 1 | 0.00 |" in table
+    assert "| all | 2 | 4 | 0.50 |" in table
