@@ -31,7 +31,6 @@ import contextlib
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -45,25 +44,11 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
+from _procs import free_port, wait_port
 
 REPO = Path(__file__).resolve().parents[1]
 SECRET = "bench-secret-key-0123456789abcdef0123"
 ADMIN_PASSWORD = "bench-admin-password"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"nothing listens on port {port}")
 
 
 @contextlib.contextmanager

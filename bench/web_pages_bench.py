@@ -17,13 +17,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import random
-import signal
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -35,6 +30,7 @@ from typing import Any
 
 import httpx
 import sqlalchemy as sa
+from _procs import free_port, proc, wait_port
 
 from fleet.models import (
     Alert,
@@ -73,43 +69,6 @@ STATUSES = (
     ("closed", "confirmed", ("acknowledge", "dispatch", "confirm", "rectify", "close")),
     ("false_alarm", "false_alarm", ("acknowledge", "dispatch", "false_alarm")),
 )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.1)
-    raise SystemExit(f"nothing listens on port {port} after {timeout:.0f} s")
-
-
-@contextlib.contextmanager
-def proc(args: list[str], log: Path, env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as out:
-        p = subprocess.Popen(
-            [sys.executable, "-m", *args],
-            cwd=REPO,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **env},
-        )
-    try:
-        yield p
-    finally:
-        if p.poll() is None:
-            p.send_signal(signal.SIGTERM)
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-                p.wait()
 
 
 @contextlib.contextmanager
