@@ -177,9 +177,8 @@ def read_gateways(
         Building.compound_id,
     )
     now = utcnow()
-    limit_s = offline_after_s
     if online is not None:
-        clause = online_clause(now=now, offline_after_s=limit_s)
+        clause = online_clause(now=now, offline_after_s=offline_after_s)
         stmt = stmt.where(clause if online else sa.not_(clause))
     if compound_id is not None:
         stmt = stmt.where(Building.compound_id == compound_id)
@@ -197,7 +196,7 @@ def read_gateways(
             fields["offline_since"],
             fields["last_seen"],
             now=now,
-            offline_after_s=limit_s,
+            offline_after_s=offline_after_s,
         )
         items.append(GatewayPublic.model_construct(**fields))
     page = GatewaysPublic.model_construct(
