@@ -14,6 +14,7 @@ import aiomqtt
 import httpx
 
 from contract.alerts import CATEGORY_OF, AlertKind, Change, Severity
+from contract.control import DesiredConfig
 from contract.messages import (
     AlertMessage,
     AlertSubject,
@@ -27,7 +28,7 @@ from contract.messages import (
     encode,
     new_message_id,
 )
-from contract.topics import Up, up
+from contract.topics import Down, Up, down, up
 from fleet.app import create_app
 from fleet.settings import Settings
 from tests.conftest import BrokerEndpoint
@@ -178,3 +179,19 @@ def alert(
         cleared_at=cleared_at,
         evidence=evidence if evidence is not None else {"peak_power_w": 182.5, "location": "unit"},
     )
+
+
+async def retained_desired(
+    broker: BrokerEndpoint, gw: str, wanted: Callable[[DesiredConfig], bool]
+) -> DesiredConfig:
+    """Subscribe to the gateway's config topic (as the gateway would) until a config that
+    ``wanted`` accepts is there: the retained one, or one published afterwards."""
+    async with aiomqtt.Client(broker.host, broker.port) as client:
+        await client.subscribe(down(gw, Down.CONFIG), qos=1)
+        async with asyncio.timeout(90):
+            async for message in client.messages:
+                assert isinstance(message.payload, bytes)
+                desired = DesiredConfig.model_validate_json(message.payload)
+                if wanted(desired):
+                    return desired
+    raise AssertionError("the broker closed the subscription")

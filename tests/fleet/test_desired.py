@@ -3,8 +3,6 @@ an override wins over re-assembly, older reports never override newer ones."""
 
 from __future__ import annotations
 
-import asyncio
-import json
 from datetime import timedelta
 
 import aiomqtt
@@ -29,7 +27,7 @@ from fleet.desired import (
 )
 from fleet.models import BrokerAccount, Device, Flat, Gateway, GatewayConfigState
 from tests.conftest import BrokerEndpoint
-from tests.fleet.helpers import T0, envelope, make_settings
+from tests.fleet.helpers import T0, envelope, make_settings, retained_desired
 from tests.fleet.test_provisioning import make_site
 
 TZ = "Asia/Shanghai"
@@ -214,29 +212,19 @@ async def test_a_config_published_after_a_newer_one_is_published_again(
         with sessions() as session, session.begin():
             set_override(session, gw, {"rules": {"overload": {"sustain_s": 600}}})
         await publisher._round()  # publishes v2, the current one, and marks it
-        assert await retained_version(mqtt_broker, topic) == 2
+        assert (await retained_desired(mqtt_broker, gw, lambda _: True)).version == 2
         # The other process's stale round: v1 goes out after v2 and overwrites it.
         async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as client:
             await client.publish(topic, old.model_dump_json(), qos=1, retain=True)
-        assert await retained_version(mqtt_broker, topic) == 1
+        assert (await retained_desired(mqtt_broker, gw, lambda _: True)).version == 1
         assert await db.run(publisher._mark_published, gw, 1) is False
         # ... so the next round publishes v2 again, and the broker holds the current version.
         assert [m.version for m in await db.run(publisher._unpublished)] == [2]
         await publisher._round()
-        assert await retained_version(mqtt_broker, topic) == 2
+        assert (await retained_desired(mqtt_broker, gw, lambda _: True)).version == 2
         assert await db.run(publisher._unpublished) == []
         # A normal mark of the current version is recorded as before.
         assert await db.run(publisher._mark_published, gw, 2) is True
     finally:
         await db.close()
         engine.dispose()
-
-
-async def retained_version(broker: BrokerEndpoint, topic: str) -> int:
-    async with aiomqtt.Client(broker.host, broker.port) as client:
-        await client.subscribe(topic, qos=1)
-        async with asyncio.timeout(10):
-            async for message in client.messages:
-                assert isinstance(message.payload, bytes)
-                return int(json.loads(message.payload)["version"])
-    raise AssertionError("no retained config")

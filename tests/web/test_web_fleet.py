@@ -11,19 +11,16 @@ import re
 import subprocess
 import sys
 import tomllib
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import aiomqtt
 import httpx
 import tomli_w
 from playwright.async_api import Browser, ViewportSize, expect
 
 from contract.control import DesiredConfig
 from contract.messages import ConfigState, DeviceStatus, Heartbeat
-from contract.topics import Down, down
 from firmware_sim.modbus_meters import ModbusMeterSim, constant_load
 from fleet.api.deps import COOKIE_NAME
 from fleet.db import utcnow
@@ -37,6 +34,7 @@ from tests.fleet.helpers import (
     gateway_id,
     make_settings,
     publish,
+    retained_desired,
     wire,
 )
 from tests.fleet.sites_helpers import PASSWORD, seeded
@@ -91,22 +89,6 @@ def _csrf(html: str) -> str:
 
 def _meters(desired: DesiredConfig) -> dict[str, str]:
     return {m["meter_id"]: m["unit_id"] for m in desired.config["site"]["meters"]}
-
-
-async def _retained(
-    broker: BrokerEndpoint, gw: str, wanted: Callable[[DesiredConfig], bool]
-) -> DesiredConfig:
-    """Subscribe to the gateway's config topic (as the gateway would) until a config that
-    ``wanted`` accepts is there: the retained one, or one published afterwards."""
-    async with aiomqtt.Client(broker.host, broker.port) as client:
-        await client.subscribe(down(gw, Down.CONFIG), qos=1)
-        async with asyncio.timeout(90):
-            async for message in client.messages:
-                assert isinstance(message.payload, bytes)
-                desired = DesiredConfig.model_validate_json(message.payload)
-                if wanted(desired):
-                    return desired
-    raise AssertionError("the broker closed the subscription")
 
 
 async def test_gateway_page_charts_the_stored_heartbeats_and_lists_devices(
@@ -238,7 +220,7 @@ async def test_installer_fixes_a_mapping_and_the_new_config_is_pushed(
         )  # fmt: skip
         assert r.status_code == 201, r.text
         pk = r.json()["id"]
-        first = await _retained(mqtt_broker, gw, lambda d: _meters(d) == {"m-7": "1-201"})
+        first = await retained_desired(mqtt_broker, gw, lambda d: _meters(d) == {"m-7": "1-201"})
 
         await _page_login(client, "installer_a")
         page = await client.get(f"/gateways/{gw}")
@@ -284,7 +266,7 @@ async def test_installer_fixes_a_mapping_and_the_new_config_is_pushed(
         }
 
         # The gateway finds the new config retained on the broker.
-        second = await _retained(mqtt_broker, gw, lambda d: _meters(d) == {"m-7": "1-202"})
+        second = await retained_desired(mqtt_broker, gw, lambda d: _meters(d) == {"m-7": "1-202"})
         assert second.version > first.version
         saved = await client.get(f"/gateways/{gw}", params={"saved": "m-7"})
         assert "已保存 m-7 的房屋对应关系" in saved.text
@@ -391,7 +373,9 @@ async def test_an_installer_fixes_a_meter_on_a_phone_and_a_manager_sees_the_hist
             await expect(row).not_to_contain_text("待绑定到本网关")
             # The new desired config is on the broker, its version on the page; the agent
             # applies it, polls the meter, and the page shows both without a reload.
-            pushed = await _retained(web.broker, gw, lambda d: _meters(d) == {"m-301": "1-202"})
+            pushed = await retained_desired(
+                web.broker, gw, lambda d: _meters(d) == {"m-301": "1-202"}
+            )
             await expect(page.locator("#desired-version")).to_have_text(str(pushed.version))
             await expect(row.locator(".dev-state")).to_have_text("正常", timeout=60_000)
             await expect(page.locator("#applied-version")).to_have_text(
