@@ -35,20 +35,49 @@ def offline_limit_s(settings: Settings, listening_since: datetime | None, now: d
     return settings.gateway_offline_after_s
 
 
-def gateway_online(gateway: Gateway, *, now: datetime, offline_after_s: float) -> bool:
-    """Online = no death since its last birth, and heard from recently.
+def gateway_state(
+    online: bool,
+    reason: str | None,
+    since: datetime | None,
+    last_seen: datetime | None,
+    *,
+    now: datetime,
+    offline_after_s: float,
+) -> tuple[bool, str | None, datetime | None]:
+    """(online, offline_reason, offline_since) of a gateway's stored columns, judged now.
 
-    The last will covers crashes and lost connections that the broker notices; the silence
-    limit covers what it cannot notice (a half-open connection, a broker restart that lost
-    the will, an agent that is connected but stuck).
+    Online = no death since its last birth, and heard from recently. The last will covers
+    crashes and lost connections that the broker notices; the silence limit covers what it
+    cannot notice (a half-open connection, a broker restart that lost the will, an agent that
+    is connected but stuck). The stored flag is only cleared by the health sweep, so a gateway
+    silent for longer than the limit is offline ("timeout", since the limit passed) before
+    the sweep has run.
     """
-    if not gateway.online or gateway.last_seen is None:
-        return False
-    return now - gateway.last_seen <= timedelta(seconds=offline_after_s)
+    if not online:
+        return False, reason, since
+    if last_seen is None:
+        return False, "timeout", None
+    limit = timedelta(seconds=offline_after_s)
+    if now - last_seen > limit:
+        return False, "timeout", last_seen + limit
+    return True, None, None
+
+
+def gateway_online(gateway: Gateway, *, now: datetime, offline_after_s: float) -> bool:
+    """Whether :func:`gateway_state` says online."""
+    return gateway_state(
+        gateway.online,
+        gateway.offline_reason,
+        gateway.offline_since,
+        gateway.last_seen,
+        now=now,
+        offline_after_s=offline_after_s,
+    )[0]
 
 
 def online_clause(*, now: datetime, offline_after_s: float) -> sa.ColumnElement[bool]:
-    """:func:`gateway_online` as a SQL condition (counts and filters agree with each row)."""
+    """The online test of :func:`gateway_state` as a SQL condition (counts and filters agree
+    with each row)."""
     return sa.and_(
         Gateway.online.is_(True),
         Gateway.last_seen.is_not(None),

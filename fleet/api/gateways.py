@@ -8,7 +8,7 @@ every other scoped object.
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Annotated, Any
 
 import sqlalchemy as sa
@@ -27,7 +27,7 @@ from fleet.api.types import IdQuery, Offset, TextPath
 from fleet.db import utcnow
 from fleet.health import device_state
 from fleet.models import Building, DeviceHealth, Entrance, Gateway, Role
-from fleet.queries import gateway_online, online_clause
+from fleet.queries import gateway_online, gateway_state, online_clause
 from fleet.sites import compound_of_gateway
 
 router = APIRouter(prefix="/gateways", tags=["gateways"])
@@ -68,7 +68,7 @@ class GatewayPublic(BaseModel):
     def of(
         cls, gateway: Gateway, compound_id: int | None, *, now: datetime, offline_after_s: float
     ) -> GatewayPublic:
-        online, reason, since = _state(
+        online, reason, since = gateway_state(
             gateway.online,
             gateway.offline_reason,
             gateway.offline_since,
@@ -95,29 +95,6 @@ class GatewayPublic(BaseModel):
             last_death_at=gateway.last_death_at,
             first_seen=gateway.first_seen,
         )
-
-
-def _state(
-    online: bool,
-    reason: str | None,
-    since: datetime | None,
-    last_seen: datetime | None,
-    *,
-    now: datetime,
-    offline_after_s: float,
-) -> tuple[bool, str | None, datetime | None]:
-    """(online, offline_reason, offline_since) as :func:`fleet.queries.gateway_online` sees
-    the gateway: the stored flag is only cleared by the health sweep, so a gateway silent for
-    longer than the limit is offline ("timeout", since the limit passed) before the sweep
-    has run."""
-    if not online:
-        return False, reason, since
-    limit = timedelta(seconds=offline_after_s)
-    if last_seen is None:
-        return False, "timeout", None
-    if now - last_seen > limit:
-        return False, "timeout", last_seen + limit
-    return True, None, None
 
 
 class GatewaysPublic(BaseModel):
@@ -190,7 +167,7 @@ def read_gateways(
     items = []
     for row in rows[:limit]:
         fields = dict(row._mapping)
-        fields["online"], fields["offline_reason"], fields["offline_since"] = _state(
+        fields["online"], fields["offline_reason"], fields["offline_since"] = gateway_state(
             fields["online"],
             fields["offline_reason"],
             fields["offline_since"],
