@@ -742,17 +742,9 @@ class ConfigPublisher:
                 await client.publish(
                     down(message.gw, Down.CONFIG), message.model_dump_json(), qos=1, retain=True
                 )
-                current = await self._db.run(self._mark_published, message.gw, message.version)
+                await self._db.run(self._mark_published, message.gw, message.version)
                 self.published += 1
                 log.info("published desired config v%d of %s", message.version, message.gw)
-                if not current:
-                    log.info(
-                        "desired config of %s changed while v%d was being published: "
-                        "publishing its current version again",
-                        message.gw,
-                        message.version,
-                    )
-                    self._wake.set()
 
     def _refresh(self, touched: Touched | None) -> None:
         """Re-assemble the configs of ``touched`` (every enrolled gateway's when None)."""
@@ -784,27 +776,13 @@ class ConfigPublisher:
             )
             return [as_message(r) for r in rows]
 
-    def _mark_published(self, gateway_id: str, version: int) -> bool:
-        """Record that ``version`` is the gateway's retained config. False when its desired
-        version moved on while this one was being published (a register change, or another
-        API process publishing the newer one first: with ``--workers N`` each process runs a
-        publisher): the broker may now retain this older one on top of the newer, so the row
-        is marked unpublished and the next round publishes the current version again."""
+    def _mark_published(self, gateway_id: str, version: int) -> None:
         with self._sessions() as session, session.begin():
-            done = session.execute(
+            session.execute(
                 sa.update(DesiredConfigRow)
                 .where(
                     DesiredConfigRow.gateway_id == gateway_id,
                     DesiredConfigRow.version == version,
                 )
                 .values(published_version=version, published_at=utcnow())
-                .returning(DesiredConfigRow.gateway_id)
-            ).first()
-            if done is not None:
-                return True
-            session.execute(
-                sa.update(DesiredConfigRow)
-                .where(DesiredConfigRow.gateway_id == gateway_id)
-                .values(published_version=None)
             )
-            return False

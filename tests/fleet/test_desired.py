@@ -5,19 +5,14 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import aiomqtt
 import sqlalchemy as sa
 
 from contract.control import config_hash
 from contract.messages import ConfigState
-from contract.topics import Down, down
 from edge_agent.config import AgentConfig
 from fleet.db import make_engine, make_sessionmaker, utcnow
-from fleet.dbthreads import DbThreads
 from fleet.desired import (
-    ConfigPublisher,
     affected_gateways,
-    as_message,
     assemble,
     clear_override,
     record_config_state,
@@ -26,8 +21,7 @@ from fleet.desired import (
     touched_by,
 )
 from fleet.models import BrokerAccount, Device, Flat, Gateway, GatewayConfigState
-from tests.conftest import BrokerEndpoint
-from tests.fleet.helpers import T0, envelope, make_settings, retained_desired
+from tests.fleet.helpers import T0, envelope
 from tests.fleet.test_provisioning import make_site
 
 TZ = "Asia/Shanghai"
@@ -183,48 +177,4 @@ def test_a_register_change_reassembles_only_the_gateways_it_concerns(database_ur
             gateway.entrance_id = site.entrance_id  # moved: its own config changes
             assert affected_gateways(session, touched_by(session)) == ["gw-b"]
     finally:
-        engine.dispose()
-
-
-async def test_a_config_published_after_a_newer_one_is_published_again(
-    mqtt_broker: BrokerEndpoint, database_url: str
-) -> None:
-    """Two API processes each run a publisher: one may publish v1 after the other has already
-    published v2 and marked it. The broker then retains v1; the late publisher notices (v1 is
-    no longer the desired version) and the current version goes out again."""
-    site = make_site(database_url)
-    engine = make_engine(database_url)
-    sessions = make_sessionmaker(engine)
-    gw = "gw-race"
-    topic = down(gw, Down.CONFIG)
-    db = DbThreads()
-    publisher = ConfigPublisher(make_settings(mqtt_broker, database_url), sessions, db=db)
-    try:
-        now = utcnow()
-        with sessions() as session, session.begin():
-            session.add(Gateway(gateway_id=gw, entrance_id=site.entrance_id, first_seen=now))
-            session.flush()
-            session.add(BrokerAccount(gateway_id=gw, username=gw, mode="none", created_at=now))
-        with sessions() as session, session.begin():
-            v1 = refresh(session, gw, timezone=TZ)
-            assert v1 is not None and v1.version == 1
-            old = as_message(v1)
-        with sessions() as session, session.begin():
-            set_override(session, gw, {"rules": {"overload": {"sustain_s": 600}}})
-        await publisher._round()  # publishes v2, the current one, and marks it
-        assert (await retained_desired(mqtt_broker, gw, lambda _: True)).version == 2
-        # The other process's stale round: v1 goes out after v2 and overwrites it.
-        async with aiomqtt.Client(mqtt_broker.host, mqtt_broker.port) as client:
-            await client.publish(topic, old.model_dump_json(), qos=1, retain=True)
-        assert (await retained_desired(mqtt_broker, gw, lambda _: True)).version == 1
-        assert await db.run(publisher._mark_published, gw, 1) is False
-        # ... so the next round publishes v2 again, and the broker holds the current version.
-        assert [m.version for m in await db.run(publisher._unpublished)] == [2]
-        await publisher._round()
-        assert (await retained_desired(mqtt_broker, gw, lambda _: True)).version == 2
-        assert await db.run(publisher._unpublished) == []
-        # A normal mark of the current version is recorded as before.
-        assert await db.run(publisher._mark_published, gw, 2) is True
-    finally:
-        await db.close()
         engine.dispose()
