@@ -78,6 +78,22 @@ Recognition by the taper (every meter)
     (45 min) of this one's, or one whose episode was open when the run began, unless that one
     is still on its non-active plateau (then the taper is another charger's).
 
+Recognition by the switch-on edge (meters with voltage and current)
+    The envelope's steps are coarse: a charger plugged in while a washing machine or a cooker
+    runs, or minutes after another charger, may show as a step too small for a charger or not
+    at all. The readings themselves show each switch-on: a rise of the non-active load of
+    30 VA or more between two readings, steady on both sides (two readings each: a washing
+    machine's fluctuation is not steady). A confirmed fall within 30 % of an edge's rise
+    switches that edge off. A step the envelope shows claims the edge of its window that is
+    closest to its size (one edge: the others stay free). An edge that no switch-off has
+    matched for ``_EDGE_HOLD_S`` (70 minutes), that no step claims (or whose step was dropped
+    as not a charger), whose real-power rise is a charger's (``min_step_w`` .. 1.5 x
+    ``max_step_w``, and not below both 90 W and 60 VA: a laptop or a phone), whose power
+    factor is a charger's without PFC (at most 0.73; fridges are 0.75 or more), over at least
+    ``min_quiet_bins`` quiet bins since, and whose load never fell below 60 % of its rise
+    above the level before it, is recognised as a charger (``recognised_by`` =
+    "switch_on_edge"); from then on it is one of the tracked loads and ends as they do.
+
 Raising and clearing
     The episode is raised at the end of the bin in which the signature was recognised (that is
     ``raised_at``: on the plateau, or during the taper, always before the session's end). It
@@ -115,7 +131,8 @@ Evidence
     ("non_active_va" or "power_w"), ``baseline`` (the envelope before the step), ``start`` (ISO,
     estimated: a window before the step showed), ``plateau_minutes``, ``taper_start`` (ISO or
     None), ``taper_minutes``, ``level_left`` (what is left of the step), ``power_factor`` (of the
-    step, when known), ``recognised_by`` ("non_active_plateau" or "taper"), ``night`` and
+    step, when known), ``recognised_by`` ("non_active_plateau", "switch_on_edge" or "taper"),
+    ``night`` and
     ``ended_by`` (None while open).
 
 Subject
@@ -152,11 +169,13 @@ ENDED_BY_LOAD = "other_load"
 
 RECOGNISED_BY_TAPER = "taper"
 RECOGNISED_BY_PLATEAU = "non_active_plateau"
+RECOGNISED_BY_EDGE = "switch_on_edge"
 
 SIGNAL_NON_ACTIVE = "non_active_va"
 SIGNAL_POWER = "power_w"
 
 _INF = float("inf")
+
 _MAX_LOADS = 8
 # A step below both is a laptop adapter or a phone charger, not an e-bike charger (see _step)
 _SMALL_W = 90.0
@@ -179,6 +198,20 @@ _SAME_SESSION_S = 2700.0  # two sessions whose plateaus began this close are one
 # The non-active fall of a low-power-factor charger's taper, as shares of its real-power fall:
 # S - P = P (1/pf - 1) is 0.30-0.82 P for PF 0.55-0.77 (PFC chargers: 0.02-0.11 P)
 _LOW_PF_X = (0.3, 0.8)
+# Switch-on edges between consecutive readings (meters with current, see _edge): a change of
+# the non-active load of at least _EDGE_VA between two readings, with the two readings before
+# it within _EDGE_NOISE_VA or _EDGE_HOLD of the change of each other (steady before) and the
+# two after it within _EDGE_AFTER of it (steady after: not a washing machine's fluctuation).
+_EDGE_VA = 30.0
+_EDGE_HOLD = 0.25
+_EDGE_NOISE_VA = 8.0
+_EDGE_AFTER = 0.4
+_EDGE_MATCH = 0.3  # a fall within this share of an edge's rise switched that edge's load off
+_MAX_EDGES = 24
+_EDGE_HOLD_S = 4200.0  # an edge no switch-off matched for this long may be a charger
+_EDGE_SUPPORT = 0.6  # ... if the load never fell below this share of it above the envelope
+_CLAIM_SHARE = 0.7  # a step claims edges up to this share of it (see _claim)
+_EDGE_MAX_PF = 0.73  # ... and its power factor is a charger's without PFC (fridges: 0.75+)
 _NON_ACTIVE = 1  # the meter reports voltage and current: work on S - P
 _POWER = 2  # it does not: work on P
 
@@ -207,6 +240,21 @@ class _Run:
         self.drop = self.max_drop = self.rise = self.ramp = 0.0
         self.bins = 0
         self.load = None
+
+
+class _Edge:
+    """A switch-on edge of the non-active load between two readings, not yet switched off."""
+
+    __slots__ = ("base", "load", "low", "p", "quiet", "t", "x")
+
+    def __init__(self, t: float, x: float, p: float, base: float) -> None:
+        self.t = t  # the reading after the rise
+        self.x = x  # the rise of the non-active load (VA)
+        self.p = p  # the rise of real power (W)
+        self.base = base  # the lower envelope of the non-active load before the rise
+        self.low = _INF  # the lowest non-active load of the whole bins since the rise
+        self.quiet = 0  # quiet bins since the rise
+        self.load: _Load | None = None  # the load that explains it (see _claim)
 
 
 class _Load:
@@ -266,6 +314,7 @@ class _Meter:
         "bin_pmin",
         "bin_rose",
         "creep",
+        "edges",
         "env",
         "env_p",
         "env_pt",
@@ -283,6 +332,9 @@ class _Meter:
         "prev_p",
         "prev_t",
         "quiet_abs",
+        "r1",
+        "r2",
+        "r3",
         "reported",
         "ring",
         "rise",
@@ -291,6 +343,7 @@ class _Meter:
         "run",
         "scheduled",
         "subject",
+        "was_quiet",
     )
 
     def __init__(self, index: int, subject: Subject) -> None:
@@ -326,6 +379,13 @@ class _Meter:
         self.open: list[_Load] = []  # the sessions with an open episode, in the order raised
         self.scheduled: float | None = None
         self.reported: deque[_Load] = deque()  # recent sessions with an episode
+        # the two latest readings (time, real power, non-active power) and the switch-on edges
+        # not yet switched off: (time, non-active rise, real-power rise)
+        self.r1: tuple[float, float, float] | None = None
+        self.r2: tuple[float, float, float] | None = None
+        self.r3: tuple[float, float, float] | None = None
+        self.was_quiet = False  # the latest closed bin was quiet
+        self.edges: deque[_Edge] = deque()
 
 
 class EbikeChargingSuspectedRule:
@@ -352,6 +412,7 @@ class EbikeChargingSuspectedRule:
         self._cfg = config
         self._bin = config.bin_s
         self._window = config.envelope_s
+        self._show = max(config.envelope_s, config.bin_s)  # a step shows this late
         self._quiet_fraction = config.quiet_fraction
         self._max_gap = config.max_gap_s
         self._horizon = config.max_plateau_s + config.envelope_s
@@ -411,6 +472,8 @@ class EbikeChargingSuspectedRule:
             value = power
         else:
             value = self._set_mode(st, power, volts, amps)
+        if st.mode == _NON_ACTIVE:
+            self._edge(st, now, power, value)
         if now < st.bin_end:
             if power < st.bin_pmin:
                 # The fall into a new low, counted from below the envelope: a fridge switching
@@ -441,6 +504,44 @@ class EbikeChargingSuspectedRule:
         st.bin_pmin = st.bin_plast = power
         st.bin_rose = False
         return out or NO_CHANGES
+
+    def _edge(self, st: _Meter, now: float, power: float, x: float) -> None:
+        """Keep the switch-on edges of the non-active load: a rise between the two readings
+        before this one that this one confirms is an edge; a confirmed fall switches off the
+        edge it matches best."""
+        r1, r2, r3 = st.r1, st.r2, st.r3
+        if r1 is not None and now - r1[0] > self._bin:
+            r1 = r2 = None  # readings missing: no edge across the gap
+        st.r3, st.r2, st.r1 = r2, r1, (now, power, x)
+        if r1 is None or r2 is None or r3 is None:
+            return
+        rise = r1[2] - r2[2]
+        if -_EDGE_VA < rise < _EDGE_VA:
+            return
+        noise = max(_EDGE_NOISE_VA, _EDGE_HOLD * abs(rise))
+        if abs(x - r1[2]) > _EDGE_AFTER * abs(rise) or abs(r2[2] - r3[2]) > noise:
+            return  # not steady before and after: a spike or a fluctuating load
+        # the rise that held: the smaller of the two readings after it
+        rise = (min(x, r1[2]) if rise > 0 else max(x, r1[2])) - r2[2]
+        if -_EDGE_VA < rise < _EDGE_VA:
+            return
+        edges = st.edges
+        if rise > 0:
+            edges.append(_Edge(r1[0], rise, r1[1] - r2[1], r2[2]))
+            if len(edges) > _MAX_EDGES:
+                edges.popleft()
+            return
+        best = None
+        err = _EDGE_MATCH
+        for edge in edges:
+            e = abs(edge.x + rise) / edge.x
+            if e <= err:
+                best, err = edge, e
+        if best is not None:
+            edges.remove(best)
+            if best.load is not None and best.load.charger and not best.load.reported:
+                # the step's edge was another load's: the step claims another of its window
+                self._claim(st, best.load, best.load.created)
 
     def _set_mode(self, st: _Meter, power: float, volts: float | None, amps: float | None) -> float:
         """The first reading decides the signal: S - P when it carries voltage and current."""
@@ -503,6 +604,7 @@ class EbikeChargingSuspectedRule:
             st.env, st.env_t, st.env_p, st.env_pt = env, env_t, env_p, env_pt
         if end - st.last_bin > self._max_gap:
             st.loads = [x for x in st.loads if x.episode is not None]
+            st.edges.clear()
             st.excess = 0.0
             st.prev_env = None
             st.rise = st.rise_p = 0.0
@@ -512,6 +614,7 @@ class EbikeChargingSuspectedRule:
             st.env, st.env_p = low, low_p
             st.env_t = st.env_pt = end
         st.last_bin = end
+        st.was_quiet = quiet
         loads = st.loads
         if quiet and loads:
             for load in loads:
@@ -567,6 +670,7 @@ class EbikeChargingSuspectedRule:
                 st.excess += delta
             elif delta < 0.0:
                 st.excess = max(0.0, st.excess + delta)
+            self._edge_sessions(st, end, out)
         if st.open and self._night(end):
             for load in st.open:
                 if not load.high:
@@ -723,28 +827,8 @@ class EbikeChargingSuspectedRule:
                 st.excess += delta  # eight sessions open at once: no room for a ninth
                 delta = 0.0
         if delta >= cfg.min_step_va:
-            load = _Load(delta, at - max(self._window, self._bin), at, prev)
-            load.charger = delta <= cfg.max_step_va
-            load.quiet = sum(1 for entry in st.ring if entry[3])
-            # The power factor of the step: too high, it is a fridge, a fan, electronics with
-            # PFC, or a whole shop opening. A real-power step that fell (a heater switched off in
-            # the same window) leaves it unknown.
-            if step_w > _MAX_STEP_SHARE * cfg.max_step_w:
-                # More real power than one charger draws: a heater or a cooker switched on in
-                # the same window hides the step's own. Resistive loads add no non-active
-                # power, so the step may still be a charger: its power factor is measured once
-                # the real-power envelope has come down (see _pf_settled).
-                load.base_p = st.env_p - step_w
-            elif step_w > 0:
-                load.pf = step_w / (step_w + delta)
-                if load.pf > cfg.max_pf:
-                    load.charger = False
-                load.step_w = step_w
-                # Small in both real and non-active power: a laptop adapter or a phone (also
-                # CC-CV, without PFC below 75 W), not an e-bike charger (100 W or more at the
-                # wall: a 48 V pack at 1.8 A or more).
-                if step_w < _SMALL_W and delta < _SMALL_VA:
-                    load.charger = False
+            load = self._new_load(st, delta, prev, step_w=step_w, at=at)
+            self._claim(st, load, at)
             st.loads.append(load)
         elif delta > 0:
             st.excess += delta
@@ -760,6 +844,107 @@ class EbikeChargingSuspectedRule:
                 if match.episode is not None:
                     self._clear(st, match, at, ENDED_BY_OFF, out)
         self._housekeeping(st, at, out)
+
+    def _new_load(
+        self, st: _Meter, delta: float, prev: float, *, step_w: float, at: float
+    ) -> _Load:
+        """A load for a non-active step of ``delta`` (VA) with real-power step ``step_w``."""
+        cfg = self._cfg
+        load = _Load(delta, at - self._show, at, prev)
+        load.charger = delta <= cfg.max_step_va
+        load.quiet = sum(1 for entry in st.ring if entry[3])
+        # The power factor of the step: too high, it is a fridge, a fan, electronics with
+        # PFC, or a whole shop opening. A real-power step that fell (a heater switched off in
+        # the same window) leaves it unknown.
+        if step_w > _MAX_STEP_SHARE * cfg.max_step_w:
+            # More real power than one charger draws: a heater or a cooker switched on in
+            # the same window hides the step's own. Resistive loads add no non-active
+            # power, so the step may still be a charger: its power factor is measured once
+            # the real-power envelope has come down (see _pf_settled).
+            load.base_p = st.env_p - step_w
+        elif step_w > 0:
+            load.pf = step_w / (step_w + delta)
+            if load.pf > cfg.max_pf:
+                load.charger = False
+            load.step_w = step_w
+            # Small in both real and non-active power: a laptop adapter or a phone (also
+            # CC-CV, without PFC below 75 W), not an e-bike charger (100 W or more at the
+            # wall: a 48 V pack at 1.8 A or more).
+            if step_w < _SMALL_W and delta < _SMALL_VA:
+                load.charger = False
+        return load
+
+    @staticmethod
+    def _claimed(st: _Meter, edge: _Edge) -> bool:
+        """Whether a load explains the edge: one that was reported, or a charger candidate
+        still waiting for its plateau."""
+        load = edge.load
+        return load is not None and (load.reported or (load.charger and load in st.loads))
+
+    def _claim(self, st: _Meter, load: _Load, at: float) -> None:
+        """A new step claims unclaimed switch-on edges of its window, closest to its size first,
+        until they add up to ``_CLAIM_SHARE`` of it: they are its own, and the edge path (see
+        _edge_sessions) does not report them again. The others stay free: chargers plugged in
+        minutes apart may show as one step smaller than their sum."""
+        lo = at - self._show - (_RISE_GAP + 2) * self._bin
+        hi = at - self._window + self._bin
+        level = load.level
+        free = [e for e in st.edges if lo <= e.t <= hi and not self._claimed(st, e)]
+        free.sort(key=lambda e: abs(e.x - level))
+        total = 0.0
+        for e in free:
+            if total >= _CLAIM_SHARE * level:
+                break
+            e.load = load
+            total += e.x
+
+    def _edge_sessions(self, st: _Meter, at: float, out: list[AlertChange]) -> None:
+        """Recognition by the switch-on edge: a charger-like rise of the non-active load (a
+        charger's size and power factor) that no switch-off has matched for _EDGE_HOLD_S and
+        that the envelope still carries, not claimed by a step the envelope showed."""
+        cfg = self._cfg
+        edges = st.edges
+        while edges and at - edges[0].t > cfg.max_plateau_s:
+            edges.popleft()
+        low = st.ring[-1][1]
+        start = at - self._bin
+        quiet = st.was_quiet
+        for e in edges:
+            if e.t <= start:
+                e.low = min(e.low, low)
+                e.quiet += quiet
+            if at - e.t < _EDGE_HOLD_S or self._claimed(st, e) or e.quiet < cfg.min_quiet_bins:
+                continue
+            if not self._edge_charger(e):
+                continue
+            if len(st.loads) >= _MAX_LOADS:
+                self._evict(st)
+                if len(st.loads) >= _MAX_LOADS:
+                    return
+            self._edge_load(st, e, at, out)
+
+    def _edge_charger(self, e: _Edge) -> bool:
+        """Whether an edge's rise is a charger's that held: its size and power factor, and
+        its load never fell below ``_EDGE_SUPPORT`` of it above the level before it (a fridge
+        has a higher power factor; a load that idles or went away does not hold)."""
+        cfg = self._cfg
+        x, p = e.x, e.p
+        if not (cfg.min_step_w <= p <= _MAX_STEP_SHARE * cfg.max_step_w) or x > cfg.max_step_va:
+            return False
+        if p < _SMALL_W and x < _SMALL_VA:
+            return False  # a laptop or a phone
+        return p / (p + x) <= _EDGE_MAX_PF and e.low - e.base >= _EDGE_SUPPORT * x
+
+    def _edge_load(self, st: _Meter, e: _Edge, at: float, out: list[AlertChange]) -> None:
+        """Track and report the charger that switched on at edge ``e``."""
+        x, p = e.x, e.p
+        load = _Load(x, e.t, at, max(0.0, st.env - x))
+        load.step_w = p
+        load.pf = p / (p + x)
+        e.load = load
+        st.loads.append(load)
+        st.excess = max(0.0, st.excess - x)  # the rise the envelope showed is this load
+        self._recognise(st, load, at, RECOGNISED_BY_EDGE, out)
 
     def _consistent(self, st: _Meter, room: float, at: float, out: list[AlertChange]) -> None:
         """Loads cannot add up to more than the envelope above the standby floor: when they do,
@@ -820,7 +1005,7 @@ class EbikeChargingSuspectedRule:
             load.level -= take
             drop -= take
             if load.level < (1.0 - cfg.plateau_tolerance) * load.peak:
-                if at - load.start < cfg.min_plateau_s:
+                if at - load.start < cfg.min_plateau_s and load.episode is None:
                     st.loads.remove(load)  # fell before its plateau held: not a CC phase
                     continue
                 load.taper_start = at - self._bin
@@ -839,6 +1024,13 @@ class EbikeChargingSuspectedRule:
 
     def _housekeeping(self, st: _Meter, at: float, out: list[AlertChange]) -> None:
         cfg = self._cfg
+        for load in st.open[:]:
+            if load is not st.run.load and self._outlived(load, at):
+                # No charger runs this long: what is left of the step is another load (a PC
+                # left on, a second appliance that took its place), so the session ended unseen.
+                if load in st.loads:
+                    st.loads.remove(load)
+                self._clear(st, load, at, ENDED_BY_TIMEOUT, out)
         for load in st.loads[:]:
             if not load.charger:
                 continue
@@ -858,6 +1050,14 @@ class EbikeChargingSuspectedRule:
                 st.loads.remove(load)
                 if load.episode is not None:
                     self._clear(st, load, at, ENDED_BY_TIMEOUT, out)
+
+    def _outlived(self, load: _Load, at: float) -> bool:
+        """Whether a session has run longer than any charger does: its plateau beyond
+        ``max_plateau_s`` or its taper beyond ``max_taper_s``."""
+        cfg = self._cfg
+        if load.taper_start is None:
+            return at - load.start > cfg.max_plateau_s
+        return at - load.taper_start > cfg.max_taper_s
 
     def _hold(self, load: _Load) -> float:
         """How long a candidate's plateau must hold after it showed in the envelope. A small

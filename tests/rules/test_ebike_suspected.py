@@ -529,11 +529,29 @@ def test_a_washing_machine_motor_is_not_a_charger() -> None:
     assert run(readings([*HOUSE, washer])) == []
 
 
+def fluctuating(start: float, length: float) -> Load:
+    """A washing machine's motor: 0, 150 and 300 W in turn, a minute each, at PF 0.65 (never
+    two readings alike, so no switch-on edge is seen while it runs)."""
+
+    def load(t: float) -> tuple[float, float]:
+        x = t - start
+        if not 0 <= x < length:
+            return 0.0, 1.0
+        return (0.0, 150.0, 300.0)[int(x // 60) % 3], 0.65
+
+    return load
+
+
 def test_a_small_charger_without_pfc_is_recognised_by_its_taper_with_current() -> None:
     # 115 W at PF 0.72 (a 12 Ah lead-acid pack): its non-active step, about 45 VA, is below the
-    # 50 VA a plateau needs, but its taper loses about 39 % of its fall in non-active power,
-    # as a charger without PFC does (30-80 %).
-    loads = [*HOUSE, charger(hours(23), cc=hours(3), taper=hours(3), watts=115.0, pf=0.72)]
+    # 50 VA a plateau needs, and it is plugged in while a washing machine runs (no clean
+    # switch-on edge); but its taper loses about 39 % of its fall in non-active power, as a
+    # charger without PFC does (30-80 %).
+    loads = [
+        *HOUSE,
+        fluctuating(hours(22.75), hours(0.5)),
+        charger(hours(23), cc=hours(3), taper=hours(3), watts=115.0, pf=0.72),
+    ]
     changes = run(readings(loads))
     assert [c.change for c in changes] == [Change.RAISED, Change.CLEARED]
     raised, cleared = (c.episode for c in changes)
@@ -552,3 +570,43 @@ def test_a_session_raised_on_its_plateau_is_not_raised_again_by_its_taper() -> N
     raises = [c.episode for c in changes if c.change is Change.RAISED]
     assert len(raises) == 1
     assert raises[0].evidence["recognised_by"] == "non_active_plateau"
+
+
+# -- the switch-on edge: what the envelope's steps do not show ------------------------------------
+
+
+def test_a_small_charger_without_pfc_is_recognised_by_its_switch_on_edge() -> None:
+    # The same 115 W charger at PF 0.72 plugged in with nothing else switching: its 45 VA
+    # switch-on is a clean edge between two readings, no switch-off matches it, and its load
+    # holds: recognised 70 minutes later, on its plateau (not waiting for the taper at 02:00).
+    loads = [*HOUSE, charger(hours(23), cc=hours(3), taper=hours(3), watts=115.0, pf=0.72)]
+    changes = run(readings(loads))
+    assert [c.change for c in changes] == [Change.RAISED, Change.CLEARED]
+    raised, cleared = (c.episode for c in changes)
+    ev = raised.evidence
+    assert ev["recognised_by"] == "switch_on_edge"
+    assert at(24.1) <= raised.raised_at <= at(24.5)
+    assert str(ev["start"]) >= at(22.99).isoformat() and str(ev["start"]) <= at(23.05).isoformat()
+    assert ev["power_factor"] is not None and 0.68 <= float(ev["power_factor"]) <= 0.76
+    assert cleared.cleared_at is not None and at(26.0) <= cleared.cleared_at <= at(29.5)
+
+
+def test_a_fridge_sized_edge_with_a_fridges_power_factor_is_no_charger() -> None:
+    # 120 W at PF 0.8 that stays on for hours (a chest freezer's long run): a clean edge of
+    # about 30 VA, but a power factor above a charger's without PFC.
+    loads = [*HOUSE, steady(hours(19), hours(4), 120.0, 0.8)]
+    assert run(readings(loads)) == []
+
+
+def test_a_load_that_stops_holding_is_no_charger_by_its_edge() -> None:
+    # A charger-like switch-on (120 W at PF 0.65) whose load drops back by more than half
+    # every quarter of an hour without a clean switch-off (a motor that runs and idles): the
+    # edge's load does not hold, so it is not recognised by its edge.
+    def idling(t: float) -> tuple[float, float]:
+        x = t - hours(19)
+        if not 0 <= x < hours(3):
+            return 0.0, 1.0
+        return (120.0 if x % 900.0 < 600.0 else 40.0), 0.65
+
+    changes = run(readings([*HOUSE, idling]))
+    assert all(c.episode.evidence["recognised_by"] != "switch_on_edge" for c in changes)
