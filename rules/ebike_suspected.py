@@ -328,13 +328,12 @@ class _Meter:
         "loads",
         "mode",
         "open",
+        "p1",
+        "p2",
         "prev_env",
         "prev_p",
         "prev_t",
         "quiet_abs",
-        "r1",
-        "r2",
-        "r3",
         "reported",
         "ring",
         "rise",
@@ -343,7 +342,13 @@ class _Meter:
         "run",
         "scheduled",
         "subject",
+        "t1",
+        "t2",
+        "t3",
         "was_quiet",
+        "x1",
+        "x2",
+        "x3",
     )
 
     def __init__(self, index: int, subject: Subject) -> None:
@@ -379,11 +384,11 @@ class _Meter:
         self.open: list[_Load] = []  # the sessions with an open episode, in the order raised
         self.scheduled: float | None = None
         self.reported: deque[_Load] = deque()  # recent sessions with an episode
-        # the two latest readings (time, real power, non-active power) and the switch-on edges
-        # not yet switched off: (time, non-active rise, real-power rise)
-        self.r1: tuple[float, float, float] | None = None
-        self.r2: tuple[float, float, float] | None = None
-        self.r3: tuple[float, float, float] | None = None
+        # the three latest readings (non-active load, real power, time; 1 the latest) and the
+        # switch-on edges not yet switched off
+        self.x1 = self.x2 = self.x3 = 0.0
+        self.p1 = self.p2 = 0.0
+        self.t1 = self.t2 = self.t3 = -_INF
         self.was_quiet = False  # the latest closed bin was quiet
         self.edges: deque[_Edge] = deque()
 
@@ -472,8 +477,19 @@ class EbikeChargingSuspectedRule:
             value = power
         else:
             value = self._set_mode(st, power, volts, amps)
-        if st.mode == _NON_ACTIVE:
-            self._edge(st, now, power, value)
+        if mode == _NON_ACTIVE:
+            # the latest three readings, for the switch-on edges (see _edge)
+            rise = st.x1 - st.x2
+            if rise >= _EDGE_VA or rise <= -_EDGE_VA:
+                self._edge(st, now, power, value)
+            st.x3 = st.x2
+            st.x2 = st.x1
+            st.x1 = value
+            st.p2 = st.p1
+            st.p1 = power
+            st.t3 = st.t2
+            st.t2 = st.t1
+            st.t1 = now
         if now < st.bin_end:
             if power < st.bin_pmin:
                 # The fall into a new low, counted from below the envelope: a fridge switching
@@ -506,28 +522,24 @@ class EbikeChargingSuspectedRule:
         return out or NO_CHANGES
 
     def _edge(self, st: _Meter, now: float, power: float, x: float) -> None:
-        """Keep the switch-on edges of the non-active load: a rise between the two readings
-        before this one that this one confirms is an edge; a confirmed fall switches off the
-        edge it matches best."""
-        r1, r2, r3 = st.r1, st.r2, st.r3
-        if r1 is not None and now - r1[0] > self._bin:
-            r1 = r2 = None  # readings missing: no edge across the gap
-        st.r3, st.r2, st.r1 = r2, r1, (now, power, x)
-        if r1 is None or r2 is None or r3 is None:
-            return
-        rise = r1[2] - r2[2]
-        if -_EDGE_VA < rise < _EDGE_VA:
-            return
+        """A change of the non-active load of at least ``_EDGE_VA`` between the two readings
+        before this one (``x`` at ``now``): when the readings on both sides of it are steady, a
+        rise is a switch-on edge and a fall switches off the edge it matches best."""
+        bin_s = self._bin
+        if now - st.t1 > bin_s or st.t1 - st.t2 > bin_s or st.t2 - st.t3 > bin_s:
+            return  # readings missing: no edge across the gap
+        x1, x2 = st.x1, st.x2
+        rise = x1 - x2
         noise = max(_EDGE_NOISE_VA, _EDGE_HOLD * abs(rise))
-        if abs(x - r1[2]) > _EDGE_AFTER * abs(rise) or abs(r2[2] - r3[2]) > noise:
+        if abs(x - x1) > _EDGE_AFTER * abs(rise) or abs(x2 - st.x3) > noise:
             return  # not steady before and after: a spike or a fluctuating load
         # the rise that held: the smaller of the two readings after it
-        rise = (min(x, r1[2]) if rise > 0 else max(x, r1[2])) - r2[2]
+        rise = (min(x, x1) if rise > 0 else max(x, x1)) - x2
         if -_EDGE_VA < rise < _EDGE_VA:
             return
         edges = st.edges
         if rise > 0:
-            edges.append(_Edge(r1[0], rise, r1[1] - r2[1], r2[2]))
+            edges.append(_Edge(st.t1, rise, st.p1 - st.p2, x2))
             if len(edges) > _MAX_EDGES:
                 edges.popleft()
             return
