@@ -84,15 +84,17 @@ Recognition by the switch-on edge (meters with voltage and current)
     at all. The readings themselves show each switch-on: a rise of the non-active load of
     30 VA or more between two readings, steady on both sides (two readings each: a washing
     machine's fluctuation is not steady). A confirmed fall within 30 % of an edge's rise
-    switches that edge off. A step the envelope shows claims the edge of its window that is
-    closest to its size (one edge: the others stay free). An edge that no switch-off has
-    matched for ``_EDGE_HOLD_S`` (70 minutes), that no step claims (or whose step was dropped
-    as not a charger), whose real-power rise is a charger's (``min_step_w`` .. 1.5 x
+    switches that edge off. A step the envelope shows claims the edges of its window, closest
+    to its size first, until they add up to 70 % of it (``_CLAIM_SHARE``; the others stay
+    free: chargers plugged in minutes apart may show as one step). An edge that no switch-off
+    has matched for ``_EDGE_HOLD_S`` (70 minutes), that no step claims (or whose step was
+    dropped as not a charger), whose real-power rise is a charger's (``min_step_w`` .. 1.5 x
     ``max_step_w``, and not below both 90 W and 60 VA: a laptop or a phone), whose power
     factor is a charger's without PFC (at most 0.73; fridges are 0.75 or more), over at least
     ``min_quiet_bins`` quiet bins since, and whose load never fell below 60 % of its rise
-    above the level before it, is recognised as a charger (``recognised_by`` =
-    "switch_on_edge"); from then on it is one of the tracked loads and ends as they do.
+    above the reading before it (the lowest reading of every whole bin since), is recognised
+    as a charger (``recognised_by`` = "switch_on_edge"); from then on it is one of the
+    tracked loads and ends as they do.
 
 Raising and clearing
     The episode is raised at the end of the bin in which the signature was recognised (that is
@@ -132,8 +134,7 @@ Evidence
     estimated: a window before the step showed), ``plateau_minutes``, ``taper_start`` (ISO or
     None), ``taper_minutes``, ``level_left`` (what is left of the step), ``power_factor`` (of the
     step, when known), ``recognised_by`` ("non_active_plateau", "switch_on_edge" or "taper"),
-    ``night`` and
-    ``ended_by`` (None while open).
+    ``night`` and ``ended_by`` (None while open).
 
 Subject
     ``unit_id`` and ``meter_id``. Times in episodes and evidence are in the site's timezone.
@@ -175,7 +176,6 @@ SIGNAL_NON_ACTIVE = "non_active_va"
 SIGNAL_POWER = "power_w"
 
 _INF = float("inf")
-
 _MAX_LOADS = 8
 # A step below both is a laptop adapter or a phone charger, not an e-bike charger (see _step)
 _SMALL_W = 90.0
@@ -208,10 +208,10 @@ _EDGE_NOISE_VA = 8.0
 _EDGE_AFTER = 0.4
 _EDGE_MATCH = 0.3  # a fall within this share of an edge's rise switched that edge's load off
 _MAX_EDGES = 24
-_EDGE_HOLD_S = 4200.0  # an edge no switch-off matched for this long may be a charger
-_EDGE_SUPPORT = 0.6  # ... if the load never fell below this share of it above the envelope
 _CLAIM_SHARE = 0.7  # a step claims edges up to this share of it (see _claim)
-_EDGE_MAX_PF = 0.73  # ... and its power factor is a charger's without PFC (fridges: 0.75+)
+_EDGE_HOLD_S = 4200.0  # an edge no switch-off matched for this long may be a charger
+_EDGE_MAX_PF = 0.73  # ... if its power factor is a charger's without PFC (fridges: 0.75+)
+_EDGE_SUPPORT = 0.6  # ... and its load never fell below this share of it (see _edge_charger)
 _NON_ACTIVE = 1  # the meter reports voltage and current: work on S - P
 _POWER = 2  # it does not: work on P
 
@@ -251,7 +251,7 @@ class _Edge:
         self.t = t  # the reading after the rise
         self.x = x  # the rise of the non-active load (VA)
         self.p = p  # the rise of real power (W)
-        self.base = base  # the lower envelope of the non-active load before the rise
+        self.base = base  # the non-active load of the reading before the rise
         self.low = _INF  # the lowest non-active load of the whole bins since the rise
         self.quiet = 0  # quiet bins since the rise
         self.load: _Load | None = None  # the load that explains it (see _claim)
