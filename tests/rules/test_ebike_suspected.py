@@ -610,3 +610,16 @@ def test_a_load_that_stops_holding_is_no_charger_by_its_edge() -> None:
 
     changes = run(readings([*HOUSE, idling]))
     assert all(c.episode.evidence["recognised_by"] != "switch_on_edge" for c in changes)
+
+
+def test_a_session_never_stays_open_longer_than_a_charger_runs() -> None:
+    # A low-power-factor load that looks like a charger's plateau but runs for 14 hours (a
+    # dehumidifier left on): it is raised like a charger, but no charger holds its plateau
+    # for more than max_plateau_s (10 h), so the episode ends then, not when the load stops.
+    loads = [*HOUSE, steady(hours(19), hours(14), 150.0, 0.6)]
+    changes = run(readings(loads, until=hours(36)))
+    kinds = [c.change for c in changes if c.change is not Change.UPDATED]
+    assert kinds == [Change.RAISED, Change.CLEARED]
+    cleared = changes[-1].episode
+    assert cleared.evidence["ended_by"] == "timeout"
+    assert cleared.cleared_at is not None and at(28.5) <= cleared.cleared_at <= at(29.6)
