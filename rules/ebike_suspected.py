@@ -328,7 +328,6 @@ class _Meter:
         "loads",
         "mode",
         "open",
-        "p1",
         "p2",
         "prev_env",
         "prev_p",
@@ -346,7 +345,6 @@ class _Meter:
         "t2",
         "t3",
         "was_quiet",
-        "x1",
         "x2",
         "x3",
     )
@@ -384,10 +382,10 @@ class _Meter:
         self.open: list[_Load] = []  # the sessions with an open episode, in the order raised
         self.scheduled: float | None = None
         self.reported: deque[_Load] = deque()  # recent sessions with an episode
-        # the three latest readings (non-active load, real power, time; 1 the latest) and the
-        # switch-on edges not yet switched off
-        self.x1 = self.x2 = self.x3 = 0.0
-        self.p1 = self.p2 = 0.0
+        # the readings before the bin's latest (non-active load, real power; 2 the one before
+        # it), the times of the three latest, and the switch-on edges not yet switched off
+        self.x2 = self.x3 = 0.0
+        self.p2 = 0.0
         self.t1 = self.t2 = self.t3 = -_INF
         self.was_quiet = False  # the latest closed bin was quiet
         self.edges: deque[_Edge] = deque()
@@ -473,23 +471,22 @@ class EbikeChargingSuspectedRule:
             if volts is None or amps is None:
                 return out or NO_CHANGES  # a reading without current cannot be placed on the signal
             value = volts * amps - power
+            # The switch-on edges (see _edge) look at the three readings before this one: the
+            # latest is the bin's (bin_last, bin_plast), the two before it are kept here.
+            x1 = st.bin_last
+            rise = x1 - st.x2
+            if rise >= _EDGE_VA or rise <= -_EDGE_VA:
+                self._edge(st, now, value)
+            st.x3 = st.x2
+            st.x2 = x1
+            st.p2 = st.bin_plast
+            st.t3 = st.t2
+            st.t2 = st.t1
+            st.t1 = now
         elif mode == _POWER:
             value = power
         else:
             value = self._set_mode(st, power, volts, amps)
-        if mode == _NON_ACTIVE:
-            # the latest three readings, for the switch-on edges (see _edge)
-            rise = st.x1 - st.x2
-            if rise >= _EDGE_VA or rise <= -_EDGE_VA:
-                self._edge(st, now, power, value)
-            st.x3 = st.x2
-            st.x2 = st.x1
-            st.x1 = value
-            st.p2 = st.p1
-            st.p1 = power
-            st.t3 = st.t2
-            st.t2 = st.t1
-            st.t1 = now
         if now < st.bin_end:
             if power < st.bin_pmin:
                 # The fall into a new low, counted from below the envelope: a fridge switching
@@ -521,14 +518,14 @@ class EbikeChargingSuspectedRule:
         st.bin_rose = False
         return out or NO_CHANGES
 
-    def _edge(self, st: _Meter, now: float, power: float, x: float) -> None:
+    def _edge(self, st: _Meter, now: float, x: float) -> None:
         """A change of the non-active load of at least ``_EDGE_VA`` between the two readings
         before this one (``x`` at ``now``): when the readings on both sides of it are steady, a
         rise is a switch-on edge and a fall switches off the edge it matches best."""
         bin_s = self._bin
         if now - st.t1 > bin_s or st.t1 - st.t2 > bin_s or st.t2 - st.t3 > bin_s:
             return  # readings missing: no edge across the gap
-        x1, x2 = st.x1, st.x2
+        x1, x2 = st.bin_last, st.x2
         rise = x1 - x2
         noise = max(_EDGE_NOISE_VA, _EDGE_HOLD * abs(rise))
         if abs(x - x1) > _EDGE_AFTER * abs(rise) or abs(x2 - st.x3) > noise:
@@ -539,7 +536,7 @@ class EbikeChargingSuspectedRule:
             return
         edges = st.edges
         if rise > 0:
-            edges.append(_Edge(st.t1, rise, st.p1 - st.p2, x2))
+            edges.append(_Edge(st.t1, rise, st.bin_plast - st.p2, x2))
             if len(edges) > _MAX_EDGES:
                 edges.popleft()
             return
