@@ -245,7 +245,7 @@ class _Run:
 class _Edge:
     """A switch-on edge of the non-active load between two readings, not yet switched off."""
 
-    __slots__ = ("base", "load", "low", "p", "quiet", "t", "x")
+    __slots__ = ("base", "done", "load", "low", "p", "quiet", "t", "x")
 
     def __init__(self, t: float, x: float, p: float, base: float) -> None:
         self.t = t  # the reading after the rise
@@ -255,6 +255,7 @@ class _Edge:
         self.low = _INF  # the lowest non-active load of the whole bins since the rise
         self.quiet = 0  # quiet bins since the rise
         self.load: _Load | None = None  # the load that explains it (see _claim)
+        self.done = False  # reported, or can no longer be a charger (see _edge_sessions)
 
 
 class _Load:
@@ -919,12 +920,18 @@ class EbikeChargingSuspectedRule:
         start = at - self._bin
         quiet = st.was_quiet
         for e in edges:
+            if e.done:
+                continue
             if e.t <= start:
-                e.low = min(e.low, low)
+                if low < e.low:  # noqa: PLR1730 (hot path: cheaper than min())
+                    e.low = low
                 e.quiet += quiet
-            if at - e.t < _EDGE_HOLD_S or self._claimed(st, e) or e.quiet < cfg.min_quiet_bins:
+            if at - e.t < _EDGE_HOLD_S or e.quiet < cfg.min_quiet_bins:
                 continue
             if not self._edge_charger(e):
+                e.done = True  # for good: its size and power factor stay, its low only falls
+                continue
+            if self._claimed(st, e):
                 continue
             if len(st.loads) >= _MAX_LOADS:
                 self._evict(st)
@@ -951,6 +958,7 @@ class EbikeChargingSuspectedRule:
         load.step_w = p
         load.pf = p / (p + x)
         e.load = load
+        e.done = True
         st.loads.append(load)
         st.excess = max(0.0, st.excess - x)  # the rise the envelope showed is this load
         self._recognise(st, load, at, RECOGNISED_BY_EDGE, out)
