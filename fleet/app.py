@@ -109,9 +109,7 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
             follow_redirects=False,
         ) as http:
             db = DbThreads()
-            ingest = Ingest(
-                settings, sessions, stats=stats, on_deliveries_enqueued=wake.set, db=db
-            )
+            ingest = Ingest(settings, sessions, stats=stats, on_deliveries_enqueued=wake.set, db=db)
             forwarder = Forwarder(settings, sessions, http, wake, db=db)
             # Ingest and the health monitor (which needs ingest listening) run here unless
             # dedicated `fleet-manager ingest` workers do it (FLEET_INGEST_ENABLED=false).

@@ -63,8 +63,10 @@ def gateway_state(
     return True, None, None
 
 
-def gateway_online(gateway: Gateway, *, now: datetime, offline_after_s: float) -> bool:
-    """Whether :func:`gateway_state` says online."""
+def gateway_state_of(
+    gateway: Gateway, *, now: datetime, offline_after_s: float
+) -> tuple[bool, str | None, datetime | None]:
+    """:func:`gateway_state` of a gateway row."""
     return gateway_state(
         gateway.online,
         gateway.offline_reason,
@@ -72,7 +74,12 @@ def gateway_online(gateway: Gateway, *, now: datetime, offline_after_s: float) -
         gateway.last_seen,
         now=now,
         offline_after_s=offline_after_s,
-    )[0]
+    )
+
+
+def gateway_online(gateway: Gateway, *, now: datetime, offline_after_s: float) -> bool:
+    """Whether :func:`gateway_state` says online."""
+    return gateway_state_of(gateway, now=now, offline_after_s=offline_after_s)[0]
 
 
 def online_clause(*, now: datetime, offline_after_s: float) -> sa.ColumnElement[bool]:

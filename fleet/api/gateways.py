@@ -27,7 +27,7 @@ from fleet.api.types import IdQuery, Offset, TextPath
 from fleet.db import utcnow
 from fleet.health import device_state
 from fleet.models import Building, DeviceHealth, Entrance, Gateway, Role
-from fleet.queries import gateway_online, gateway_state, online_clause
+from fleet.queries import gateway_online, gateway_state, gateway_state_of, online_clause
 from fleet.sites import compound_of_gateway
 
 router = APIRouter(prefix="/gateways", tags=["gateways"])
@@ -68,14 +68,7 @@ class GatewayPublic(BaseModel):
     def of(
         cls, gateway: Gateway, compound_id: int | None, *, now: datetime, offline_after_s: float
     ) -> GatewayPublic:
-        online, reason, since = gateway_state(
-            gateway.online,
-            gateway.offline_reason,
-            gateway.offline_since,
-            gateway.last_seen,
-            now=now,
-            offline_after_s=offline_after_s,
-        )
+        online, reason, since = gateway_state_of(gateway, now=now, offline_after_s=offline_after_s)
         return cls(
             gateway_id=gateway.gateway_id,
             site_id=gateway.site_id,
