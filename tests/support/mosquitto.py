@@ -12,13 +12,13 @@ from __future__ import annotations
 import os
 import pwd
 import shutil
-import signal
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from tests.conftest import free_port, wait_for_port
+from tests.support.procs import stop
 
 
 def mosquitto_binary() -> str:
@@ -77,14 +77,8 @@ class PrivateMosquitto:
     def stop(self) -> None:
         """SIGTERM (Mosquitto saves its sessions), wait until it is gone."""
         proc, self.proc = self.proc, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        if proc is not None:
+            stop(proc, 10.0)
 
     def log(self) -> str:
         path = self.workdir / "mosquitto.log"

@@ -28,13 +28,19 @@ def child(
     try:
         yield proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+        stop(proc, 10.0)
+
+
+def stop(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM a child still running, SIGKILL it after ``grace_s``, and reap it."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 def wait_until(

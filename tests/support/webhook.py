@@ -33,7 +33,9 @@ Answer = tuple[int, bytes]
 
 
 @contextmanager
-def post_server(answer: Callable[[str, dict[str, str], bytes], Answer], port: int = 0) -> Iterator[str]:
+def post_server(
+    answer: Callable[[str, dict[str, str], bytes], Answer], port: int = 0
+) -> Iterator[str]:
     """A real HTTP server on ``port`` (any free one by default) that answers every POST with
     ``answer(path, headers, body)`` -> (status, JSON body bytes); calls are serialised. Yields
     ``http://127.0.0.1:PORT``."""
