@@ -837,7 +837,28 @@ class EbikeChargingSuspectedRule:
                 st.excess += delta  # eight sessions open at once: no room for a ninth
                 delta = 0.0
         if delta >= cfg.min_step_va:
-            load = self._new_load(st, delta, prev, step_w=step_w, at=at)
+            load = _Load(delta, at - self._show, at, prev)
+            load.charger = delta <= cfg.max_step_va
+            load.quiet = sum(1 for entry in st.ring if entry[3])
+            # The power factor of the step: too high, it is a fridge, a fan, electronics with
+            # PFC, or a whole shop opening. A real-power step that fell (a heater switched off in
+            # the same window) leaves it unknown.
+            if step_w > _MAX_STEP_SHARE * cfg.max_step_w:
+                # More real power than one charger draws: a heater or a cooker switched on in
+                # the same window hides the step's own. Resistive loads add no non-active
+                # power, so the step may still be a charger: its power factor is measured once
+                # the real-power envelope has come down (see _pf_settled).
+                load.base_p = st.env_p - step_w
+            elif step_w > 0:
+                load.pf = step_w / (step_w + delta)
+                if load.pf > cfg.max_pf:
+                    load.charger = False
+                load.step_w = step_w
+                # Small in both real and non-active power: a laptop adapter or a phone (also
+                # CC-CV, without PFC below 75 W), not an e-bike charger (100 W or more at the
+                # wall: a 48 V pack at 1.8 A or more).
+                if step_w < _SMALL_W and delta < _SMALL_VA:
+                    load.charger = False
             self._claim(st, load, at)
             st.loads.append(load)
         elif delta > 0:
@@ -854,35 +875,6 @@ class EbikeChargingSuspectedRule:
                 if match.episode is not None:
                     self._clear(st, match, at, ENDED_BY_OFF, out)
         self._housekeeping(st, at, out)
-
-    def _new_load(
-        self, st: _Meter, delta: float, prev: float, *, step_w: float, at: float
-    ) -> _Load:
-        """A load for a non-active step of ``delta`` (VA) with real-power step ``step_w``."""
-        cfg = self._cfg
-        load = _Load(delta, at - self._show, at, prev)
-        load.charger = delta <= cfg.max_step_va
-        load.quiet = sum(1 for entry in st.ring if entry[3])
-        # The power factor of the step: too high, it is a fridge, a fan, electronics with
-        # PFC, or a whole shop opening. A real-power step that fell (a heater switched off in
-        # the same window) leaves it unknown.
-        if step_w > _MAX_STEP_SHARE * cfg.max_step_w:
-            # More real power than one charger draws: a heater or a cooker switched on in
-            # the same window hides the step's own. Resistive loads add no non-active
-            # power, so the step may still be a charger: its power factor is measured once
-            # the real-power envelope has come down (see _pf_settled).
-            load.base_p = st.env_p - step_w
-        elif step_w > 0:
-            load.pf = step_w / (step_w + delta)
-            if load.pf > cfg.max_pf:
-                load.charger = False
-            load.step_w = step_w
-            # Small in both real and non-active power: a laptop adapter or a phone (also
-            # CC-CV, without PFC below 75 W), not an e-bike charger (100 W or more at the
-            # wall: a 48 V pack at 1.8 A or more).
-            if step_w < _SMALL_W and delta < _SMALL_VA:
-                load.charger = False
-        return load
 
     @staticmethod
     def _claimed(st: _Meter, edge: _Edge) -> bool:
@@ -909,9 +901,9 @@ class EbikeChargingSuspectedRule:
             total += e.x
 
     def _edge_sessions(self, st: _Meter, at: float, out: list[AlertChange]) -> None:
-        """Recognition by the switch-on edge: a charger-like rise of the non-active load (a
-        charger's size and power factor) that no switch-off has matched for _EDGE_HOLD_S and
-        that the envelope still carries, not claimed by a step the envelope showed."""
+        """Recognition by the switch-on edge: a rise of the non-active load that no switch-off
+        has matched for _EDGE_HOLD_S, that is a charger's and held (see _edge_charger), and
+        that no step the envelope showed has claimed."""
         cfg = self._cfg
         edges = st.edges
         while edges and at - edges[0].t > cfg.max_plateau_s:
@@ -1051,22 +1043,21 @@ class EbikeChargingSuspectedRule:
         for load in st.loads[:]:
             if not load.charger:
                 continue
-            if load.taper_start is None:
-                if at - load.start > cfg.max_plateau_s:
+            if self._outlived(load, at):  # (its episode, if any, was cleared above)
+                if load.taper_start is None:
                     load.charger = False  # a continuous load, not a charger
-                elif (
-                    st.mode == _NON_ACTIVE
-                    and not load.recognised
-                    and at - load.created >= self._hold(load)
-                    and load.level >= cfg.recognise_fraction * load.peak
-                    and load.quiet >= cfg.min_quiet_bins
-                    and self._pf_settled(st, load)
-                ):
-                    self._recognise(st, load, at, RECOGNISED_BY_PLATEAU, out)
-            elif at - load.taper_start > cfg.max_taper_s:
-                st.loads.remove(load)
-                if load.episode is not None:
-                    self._clear(st, load, at, ENDED_BY_TIMEOUT, out)
+                else:
+                    st.loads.remove(load)
+            elif (
+                load.taper_start is None
+                and st.mode == _NON_ACTIVE
+                and not load.recognised
+                and at - load.created >= self._hold(load)
+                and load.level >= cfg.recognise_fraction * load.peak
+                and load.quiet >= cfg.min_quiet_bins
+                and self._pf_settled(st, load)
+            ):
+                self._recognise(st, load, at, RECOGNISED_BY_PLATEAU, out)
 
     def _outlived(self, load: _Load, at: float) -> bool:
         """Whether a session has run longer than any charger does: its plateau beyond
