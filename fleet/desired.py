@@ -487,10 +487,38 @@ def record_config_state(session: Session, message: ConfigState, received_at: dat
         .with_for_update()
         .execution_options(populate_existing=True)
     ).one()
-    if row.message_id == message.id or message.ts < row.source_ts:
+    if message.ts < row.source_ts:
         return
-    for key, value in values.items():
-        setattr(row, key, value)
+    if row.message_id != message.id:  # (the same id: the row was inserted from this message)
+        for key, value in values.items():
+            setattr(row, key, value)
+    _republish_if_behind(session, message)
+
+
+def _republish_if_behind(session: Session, message: ConfigState) -> None:
+    """A gateway's latest report concerns an older desired config than the one recorded as
+    published: either the newer one is still on its way, or the broker's retained copy is the
+    older one (with ``serve --workers N`` two publishers can race, and the one that read the
+    older version may send it last). Either way the newest is marked unpublished, so the
+    publisher sends it again on its next round: a duplicate costs one message, a stale retained
+    config would keep a gateway (or its replacement) on the old one until the next change."""
+    desired = DesiredConfigRow
+    done = session.execute(
+        sa.update(desired)
+        .where(
+            desired.gateway_id == message.gw,
+            desired.published_version == desired.version,
+            desired.version > message.version,
+        )
+        .values(published_version=None)
+    )
+    if getattr(done, "rowcount", 0):
+        log.info(
+            "gateway %s reports desired config v%d, older than the one published: "
+            "publishing the newest again",
+            message.gw,
+            message.version,
+        )
 
 
 # --- The publisher ---------------------------------------------------------------------------

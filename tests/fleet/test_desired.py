@@ -20,7 +20,14 @@ from fleet.desired import (
     set_override,
     touched_by,
 )
-from fleet.models import BrokerAccount, Device, Flat, Gateway, GatewayConfigState
+from fleet.models import (
+    BrokerAccount,
+    DesiredConfigRow,
+    Device,
+    Flat,
+    Gateway,
+    GatewayConfigState,
+)
 from tests.fleet.helpers import T0, envelope
 from tests.fleet.test_provisioning import make_site
 
@@ -176,5 +183,63 @@ def test_a_register_change_reassembles_only_the_gateways_it_concerns(database_ur
             assert gateway is not None
             gateway.entrance_id = site.entrance_id  # moved: its own config changes
             assert affected_gateways(session, touched_by(session)) == ["gw-b"]
+    finally:
+        engine.dispose()
+
+
+def test_a_report_of_an_older_version_marks_the_newest_for_publishing_again(
+    database_url: str,
+) -> None:
+    """Only a report older than the version recorded as published clears the record; a report
+    of that version, or one while the newest is not published yet, leaves it alone."""
+    site = make_site(database_url)
+    engine = make_engine(database_url)
+    sessions = make_sessionmaker(engine)
+
+    def report(minutes: int, version: int) -> ConfigState:
+        return ConfigState(
+            **envelope("gw-p", ts=T0 + timedelta(minutes=minutes)),
+            status="applied",
+            version=version,
+            hash="h" * 64,
+            applied_version=version,
+            applied_hash="h" * 64,
+        )
+
+    def published() -> tuple[int, int | None]:
+        with sessions() as session:
+            row = session.get(DesiredConfigRow, "gw-p")
+            assert row is not None
+            return row.version, row.published_version
+
+    def mark(version: int) -> None:
+        with sessions() as session, session.begin():
+            session.execute(
+                sa.update(DesiredConfigRow)
+                .where(DesiredConfigRow.gateway_id == "gw-p")
+                .values(version=version, published_version=version)
+            )
+
+    try:
+        with sessions() as session, session.begin():
+            session.add(
+                Gateway(gateway_id="gw-p", entrance_id=site.entrance_id, first_seen=utcnow())
+            )
+        with sessions() as session, session.begin():
+            assert refresh(session, "gw-p", timezone=TZ) is not None
+        mark(2)
+        with sessions() as session, session.begin():
+            record_config_state(session, report(1, 2), utcnow())
+        assert published() == (2, 2)  # the gateway has the newest
+        with sessions() as session, session.begin():
+            record_config_state(session, report(2, 1), utcnow())
+        assert published() == (2, None)  # behind: published again on the next round
+        with sessions() as session, session.begin():
+            record_config_state(session, report(3, 1), utcnow())
+        assert published() == (2, None)  # not yet published: nothing to undo
+        mark(2)
+        with sessions() as session, session.begin():
+            record_config_state(session, report(0, 1), utcnow())  # late: an older report
+        assert published() == (2, 2)
     finally:
         engine.dispose()

@@ -623,6 +623,69 @@ async def test_embedded_desired_config(embedded: Any) -> None:
     await scenario_desired_config(client, broker, database_url, site, v5=False)
 
 
+async def test_a_stale_retained_config_is_replaced_once_the_gateway_reports_it(
+    embedded: Any,
+) -> None:
+    """Two fleet processes can race: one publishes version 2 and records it, the other then
+    publishes the version 1 it had read, and the broker keeps that one retained. When the
+    gateway reports version 1, the fleet publishes version 2 again."""
+    client, broker, database_url, site = embedded
+    admin = await login(client)
+    gw = f"gw-race-{new_message_id()[:8]}"
+    created = await create_gateway(client, admin, site.entrance_id, gw)
+    await asyncio.to_thread(
+        add_device,
+        database_url,
+        compound_id=site.compound_id,
+        gateway_id=gw,
+        kind="meter",
+        device_id=f"{gw}-m1",
+        flat_id=site.flat_ids["3-201"],
+        params={"slave": 3, "url": "/dev/ttyUSB0", "profile": "sdm120"},
+    )
+    enrolled = await enroll(client, created["code"])
+    first = enrolled.desired
+    assert first is not None and first.version == 1
+    r = await client.put(
+        f"/api/provisioning/compounds/{site.compound_id}/rules",
+        json={"overload": {"sustain_s": 420}},
+        headers=admin,
+    )
+    assert r.status_code == 200, r.text
+    newest = await retained_config(broker, enrolled, min_version=2)
+    assert newest.version == 2
+
+    # The lagging publisher: version 1, retained, after version 2 was recorded as published.
+    async with aiomqtt.Client(
+        broker.host, broker.port, username=SERVICE_USER, password=SERVICE_PASSWORD
+    ) as service:
+        await service.publish(down(gw, Down.CONFIG), first.model_dump_json(), qos=1, retain=True)
+    stale = await retained_config(broker, enrolled)
+    assert stale.version == 1  # what a gateway (or its replacement) now gets on subscribing
+
+    # The gateway applies what it got and says so.
+    async with gateway_client(broker, enrolled) as c:
+        report = ConfigState(
+            **envelope(gw, seq=1, ts=T0 + timedelta(minutes=1)),
+            status="applied",
+            version=1,
+            hash=first.hash,
+            applied_version=1,
+            applied_hash=first.hash,
+        )
+        await c.publish(up(gw, Up.CONFIG_STATE), encode(report), qos=1)
+
+    async def reported() -> dict[str, Any] | None:
+        r = await client.get(f"/api/provisioning/gateways/{gw}/config", headers=admin)
+        body: dict[str, Any] = r.json()
+        return body if body["applied"] else None
+
+    body = await eventually(reported, "the gateway's config report")
+    assert body["applied"]["applied_version"] == 1 and body["in_sync"] is False
+    again = await retained_config(broker, enrolled, min_version=2)
+    assert (again.version, again.hash) == (2, newest.hash)
+
+
 async def test_embedded_broker_refuses_anonymous_and_unknown_users(embedded: Any) -> None:
     _client, broker, _database_url, _site = embedded
     for username, password in ((None, None), ("nobody", "x" * 40)):
