@@ -241,6 +241,29 @@ async def enroll(client: httpx.AsyncClient, code: str) -> Enrolled:
     )
 
 
+async def enrolled_with_meter(
+    client: httpx.AsyncClient,
+    headers: dict[str, str],
+    database_url: str,
+    site: SiteIds,
+    gateway_id: str,
+    meter_id: str,
+) -> Enrolled:
+    """A gateway created at the site's entrance with one meter (flat 3-201), then enrolled."""
+    created = await create_gateway(client, headers, site.entrance_id, gateway_id)
+    await asyncio.to_thread(
+        add_device,
+        database_url,
+        compound_id=site.compound_id,
+        gateway_id=gateway_id,
+        kind="meter",
+        device_id=meter_id,
+        flat_id=site.flat_ids["3-201"],
+        params={"slave": 1, "url": "/dev/ttyUSB0"},
+    )
+    return await enroll(client, created["code"])
+
+
 def gateway_client(
     broker: BrokerEndpoint, creds: Enrolled, *, password: str | None = None, v5: bool = False
 ) -> aiomqtt.Client:
@@ -329,18 +352,7 @@ async def scenario_replacement(
     loses its rights), and moves devices and history to the new gateway, audited."""
     admin = await login(client)
     old_id = f"gw-old-{new_message_id()[:8]}"
-    created = await create_gateway(client, admin, site.entrance_id, old_id)
-    await asyncio.to_thread(
-        add_device,
-        database_url,
-        compound_id=site.compound_id,
-        gateway_id=old_id,
-        kind="meter",
-        device_id=f"m-{old_id}",
-        flat_id=site.flat_ids["3-201"],
-        params={"slave": 1, "url": "/dev/ttyUSB0"},
-    )
-    old = await enroll(client, created["code"])
+    old = await enrolled_with_meter(client, admin, database_url, site, old_id, f"m-{old_id}")
     async with gateway_client(broker, old, v5=v5) as c:
         await c.publish(*wire(telemetry(old_id, "m-1")), qos=1)
         await c.publish(*wire(alert(old_id, f"al-{old_id}")), qos=1)
@@ -632,18 +644,7 @@ async def test_a_stale_retained_config_is_replaced_once_the_gateway_reports_it(
     client, broker, database_url, site = embedded
     admin = await login(client)
     gw = f"gw-race-{new_message_id()[:8]}"
-    created = await create_gateway(client, admin, site.entrance_id, gw)
-    await asyncio.to_thread(
-        add_device,
-        database_url,
-        compound_id=site.compound_id,
-        gateway_id=gw,
-        kind="meter",
-        device_id=f"{gw}-m1",
-        flat_id=site.flat_ids["3-201"],
-        params={"slave": 3, "url": "/dev/ttyUSB0", "profile": "sdm120"},
-    )
-    enrolled = await enroll(client, created["code"])
+    enrolled = await enrolled_with_meter(client, admin, database_url, site, gw, f"{gw}-m1")
     first = enrolled.desired
     assert first is not None and first.version == 1
     r = await client.put(
