@@ -264,6 +264,19 @@ async def enrolled_with_meter(
     return await enroll(client, created["code"])
 
 
+async def config_reported(
+    client: httpx.AsyncClient, headers: dict[str, str], gateway_id: str
+) -> dict[str, Any]:
+    """The gateway's config page at the fleet, once it shows the gateway's first report."""
+
+    async def reported() -> dict[str, Any] | None:
+        r = await client.get(f"/api/provisioning/gateways/{gateway_id}/config", headers=headers)
+        body: dict[str, Any] = r.json()
+        return body if body["applied"] else None
+
+    return await eventually(reported, "the gateway's config report")
+
+
 def gateway_client(
     broker: BrokerEndpoint, creds: Enrolled, *, password: str | None = None, v5: bool = False
 ) -> aiomqtt.Client:
@@ -563,12 +576,7 @@ async def scenario_desired_config(
         )
         await c.publish(up(gw, Up.CONFIG_STATE), encode(report), qos=1)
 
-    async def seen() -> dict[str, Any] | None:
-        r = await client.get(f"/api/provisioning/gateways/{gw}/config", headers=admin)
-        body: dict[str, Any] = r.json()
-        return body if body["applied"] else None
-
-    body = await eventually(seen, "the gateway's config report")
+    body = await config_reported(client, admin, gw)
     assert body["drift"] == "rejected" and body["in_sync"] is False
     assert body["applied"]["last_rejection_reason"] == reason
     assert body["applied"]["applied_version"] == 3
@@ -676,12 +684,7 @@ async def test_a_stale_retained_config_is_replaced_once_the_gateway_reports_it(
         )
         await c.publish(up(gw, Up.CONFIG_STATE), encode(report), qos=1)
 
-    async def reported() -> dict[str, Any] | None:
-        r = await client.get(f"/api/provisioning/gateways/{gw}/config", headers=admin)
-        body: dict[str, Any] = r.json()
-        return body if body["applied"] else None
-
-    body = await eventually(reported, "the gateway's config report")
+    body = await config_reported(client, admin, gw)
     assert body["applied"]["applied_version"] == 1 and body["in_sync"] is False
     again = await retained_config(broker, enrolled, min_version=2)
     assert (again.version, again.hash) == (2, newest.hash)
