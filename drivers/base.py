@@ -13,7 +13,7 @@ import random
 from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Protocol
+from typing import Any, Protocol
 
 from drivers.events import DriverEvent
 
@@ -96,15 +96,33 @@ class Backoff:
         self._current = self._initial
 
 
-async def cancel_and_wait(task: asyncio.Task[None]) -> None:
-    """Cancel ``task`` and wait for it to finish, without swallowing our own cancellation."""
-    task.cancel()
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
+RECANCEL_S = 0.5
+"""How often :func:`stop_tasks` cancels again a task that went on after a cancel."""
+
+
+async def stop_tasks(*tasks: asyncio.Task[Any]) -> None:
+    """Cancel ``tasks`` and wait until every one has ended, without swallowing our own
+    cancellation (their own errors are left in them).
+
+    One cancel is not always enough: on Python 3.11, ``asyncio.wait_for`` (which aiomqtt awaits
+    every connect and acknowledgement with) returns the awaited result instead of raising when
+    the result and the cancel arrive in the same loop iteration (CPython gh-86296), and the
+    task goes on. A task still running is therefore cancelled again every ``RECANCEL_S``; a
+    single wait could hang for ever. (``fleet.tasks`` has the fleet's twin of this helper:
+    ``fleet`` does not import ``drivers``.)"""
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=RECANCEL_S)
+
+
+async def cancel_and_wait(*tasks: asyncio.Task[Any]) -> None:
+    """:func:`stop_tasks`, then raise the first of the tasks' own errors (not a cancellation)."""
+    await stop_tasks(*tasks)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            task.result()
 
 
 def raise_if_cancelling() -> None:

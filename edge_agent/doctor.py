@@ -26,7 +26,7 @@ from typing import Literal
 import aiomqtt
 
 from contract.events import ChargingSensorReading, DeviceFault, MeterReading
-from drivers.base import Driver
+from drivers.base import Driver, stop_tasks
 from edge_agent.config import AgentConfig, ConfigError, MqttConfig
 from edge_agent.desired import load_effective_config
 from edge_agent.drivers import driver_specs
@@ -221,8 +221,7 @@ async def _probe_driver(driver: Driver, timeout_s: float) -> tuple[set[str], dic
     try:
         await asyncio.wait({task}, timeout=timeout_s)
     finally:
-        task.cancel()
-        await asyncio.wait({task})
+        await stop_tasks(task)
     if task.done() and not task.cancelled() and task.exception() is not None:
         exc = task.exception()
         for d in devices - answered:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from drivers.base import Backoff, utc_now
+from drivers.base import Backoff, stop_tasks, utc_now
 
 log = logging.getLogger(__name__)
 
@@ -105,8 +105,7 @@ class Supervisor:
         if factory is None:
             return False
         if task is not None:
-            task.cancel()
-            await asyncio.wait({task})
+            await stop_tasks(task)
         return True
 
     async def restart(self, name: str) -> bool:
@@ -133,6 +132,9 @@ class Supervisor:
                 self.ready.set()
                 await asyncio.Future()  # until cancelled
             finally:
+                # The task group cancels its tasks once and then waits: a cancel swallowed
+                # (see stop_tasks) would hang it; stop them for sure first.
+                await stop_tasks(*self._tasks.values())
                 self._tg = None
                 self.ready.clear()
                 self._tasks.clear()

@@ -39,6 +39,7 @@ from paho.mqtt.properties import Properties
 
 from contract import topics
 from contract.messages import Birth, Death, encode
+from drivers.base import stop_tasks
 from edge_agent.config import MqttConfig
 from edge_agent.outbox import Outbox, OutboxRow
 from edge_agent.session import MessageFactory
@@ -246,9 +247,7 @@ class Uplink:
         try:
             done, _ = await asyncio.wait({drain, receive}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            drain.cancel()
-            receive.cancel()
-            await asyncio.wait({drain, receive})
+            await stop_tasks(drain, receive)
         for task in done:
             task.result()
 

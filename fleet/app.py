@@ -37,6 +37,7 @@ from fleet.ingest import Ingest, IngestStats
 from fleet.reminders import Reminders
 from fleet.runtime import Runtime
 from fleet.settings import Settings
+from fleet.tasks import stop_tasks
 from fleet.web import make_router
 
 log = logging.getLogger(__name__)
@@ -131,8 +132,7 @@ async def running(settings: Settings) -> AsyncIterator[Runtime]:
             try:
                 yield Runtime(settings, engine, sessions, stats, wake, workers)
             finally:
-                workers.cancel()
-                await asyncio.wait([workers])
+                await stop_tasks(workers)
                 await db.close()
     finally:
         engine.dispose()

@@ -46,6 +46,7 @@ from fleet.db import utcnow
 from fleet.dbthreads import DbThreads
 from fleet.models import DeliveryStatus, ForwardChannel, ForwardDelivery, Notification
 from fleet.settings import Settings
+from fleet.tasks import stop_tasks
 
 __all__ = [
     "Forwarder",
@@ -129,9 +130,7 @@ class Forwarder:
                     await asyncio.wait_for(self._wake.wait(), timeout)
         finally:
             pending = dict(tasks)
-            for task in pending:
-                task.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            await stop_tasks(*pending)
             # A task cancelled before it started never ran its own release: hand its row back
             # so the next start retries it at once instead of after the lease.
             for task, job in pending.items():

@@ -55,6 +55,7 @@ from fleet.dbthreads import DbThreads
 from fleet.models import IngestWorker
 from fleet.settings import Settings
 from fleet.store import BatchOutcome, Received, apply_batch, insert_ignoring_duplicates
+from fleet.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -428,9 +429,8 @@ class Ingest:
                     await writing
                 writing = asyncio.create_task(self._write(batch, decoded), name="ingest-write")
         finally:
-            if writing is not None and not writing.done():
-                writing.cancel()
-                await asyncio.gather(writing, return_exceptions=True)
+            if writing is not None:
+                await stop_tasks(writing)
 
     @staticmethod
     async def _collect(

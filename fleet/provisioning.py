@@ -78,6 +78,7 @@ from fleet.models import (
     SiteKey,
 )
 from fleet.settings import Settings
+from fleet.tasks import stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -784,7 +785,6 @@ async def running(
     try:
         yield Provisioner(settings, sessions, accounts, publisher)
     finally:
-        task.cancel()
-        await asyncio.wait([task])
+        await stop_tasks(task)
         await db.close()  # no thread may outlive the engine it uses
         publisher.unwatch()

@@ -1,0 +1,116 @@
+"""A task that goes on after one cancel is stopped all the same (agent and fleet alike).
+
+On Python 3.11, ``asyncio.wait_for`` returns the awaited result instead of raising when the
+result and the cancel arrive in the same loop iteration (CPython gh-86296); aiomqtt awaits every
+connect and acknowledgement that way. A shutdown that cancels once and then waits hung on it (the
+fleet's config publisher at a lifespan's end, seen in CI).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from drivers.base import cancel_and_wait
+from drivers.base import stop_tasks as agent_stop_tasks
+from fleet.tasks import stop_tasks as fleet_stop_tasks
+
+Stopper = Callable[..., Awaitable[None]]
+STOPPERS = [
+    pytest.param(agent_stop_tasks, id="drivers.base.stop_tasks"),
+    pytest.param(fleet_stop_tasks, id="fleet.tasks.stop_tasks"),
+]
+
+
+def stubborn(cancels: list[int], swallow: list[int]) -> Callable[[], Awaitable[None]]:
+    """A loop that takes the first ``swallow[0]`` cancels for a result, as wait_for may."""
+
+    async def body() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancels.append(1)
+                if len(cancels) <= swallow[0]:
+                    continue
+                raise
+
+    return body
+
+
+@pytest.mark.parametrize("stop", STOPPERS)
+async def test_a_task_that_swallows_cancels_is_stopped(stop: Stopper) -> None:
+    cancels: list[int] = []
+    budget = [2]
+    task = asyncio.create_task(stubborn(cancels, budget)())
+    await asyncio.sleep(0)
+    try:
+        async with asyncio.timeout(30):  # a hang guard, not a speed limit
+            await stop(task)
+        assert task.cancelled() and len(cancels) == 3
+    finally:
+        budget[0] = 0  # whatever happened, let the loop close
+        task.cancel()
+        await asyncio.wait([task])
+
+
+@pytest.mark.parametrize("stop", STOPPERS)
+async def test_a_result_and_a_cancel_together_in_wait_for(stop: Stopper) -> None:
+    """The real thing: an acknowledgement lands in the very iteration the stop cancels."""
+    loop = asyncio.get_running_loop()
+    acks: list[asyncio.Future[None]] = []
+    running = [True]
+
+    async def publisher() -> None:
+        while running[0]:
+            ack: asyncio.Future[None] = loop.create_future()
+            acks.append(ack)
+            await asyncio.wait_for(ack, timeout=3600)
+
+    task = asyncio.create_task(publisher())
+    await asyncio.sleep(0)
+    acks[-1].set_result(None)
+    try:
+        async with asyncio.timeout(30):
+            await stop(task)
+        assert task.done()
+    finally:
+        running[0] = False
+        acks[-1].cancel()
+        await asyncio.wait([task])
+
+
+@pytest.mark.parametrize("stop", STOPPERS)
+async def test_our_own_cancellation_is_not_swallowed(stop: Stopper) -> None:
+    cancels: list[int] = []
+    deaf = [10**9]
+    victim = asyncio.create_task(stubborn(cancels, deaf)())
+    await asyncio.sleep(0)
+    stopper = asyncio.create_task(stop(victim))
+    await asyncio.sleep(0.05)
+    stopper.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await stopper
+    assert not victim.done() and cancels  # it was asked, and we were not held hostage
+    deaf[0] = 0  # now it listens
+    victim.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await victim
+
+
+async def test_cancel_and_wait_raises_the_tasks_own_error() -> None:
+    async def broken() -> None:
+        raise OSError("serial port gone")
+
+    task = asyncio.create_task(broken())
+    await asyncio.sleep(0)
+    with pytest.raises(OSError, match="serial port gone"):
+        await cancel_and_wait(task)
+    # ... and stop_tasks leaves it in the task (a stopping service logs, it does not fail)
+    task2 = asyncio.create_task(broken())
+    await asyncio.sleep(0)
+    await agent_stop_tasks(task2)
+    await fleet_stop_tasks(task2)
+    assert isinstance(task2.exception(), OSError)
