@@ -167,6 +167,8 @@ BREAKDOWN_GROUPS = (
     "unplugged early",
     "overlaps another session of the flat",
     "alone in the flat",
+    "under an alert of the flat",
+    "no alert of the flat over it",
 )
 
 
@@ -176,8 +178,10 @@ def suspected_breakdown(
     """``ebike_charging_suspected`` recall by kind of session: group -> (found, labelled).
 
     A session is found when the episode matching (:func:`match_episodes`, as :func:`score`)
-    pairs it with an alert. The groups overlap (a session is in one power-factor group and
-    in one of the last two), so they are a map of where the misses are, not a partition."""
+    pairs it with an alert. The groups overlap (a session is in one power-factor group, in
+    one of "overlaps another session" and "alone", and in one of "under an alert of the flat"
+    (an alert of its flat overlaps it, matched to it or to another of its sessions) and "no
+    alert of the flat over it"), so they are a map of where the misses are, not a partition."""
     end = datetime.fromisoformat(truth["end"])
     sessions: dict[str | None, list[Mapping[str, Any]]] = defaultdict(list)
     for e in truth.get("episodes", []):
@@ -205,6 +209,10 @@ def suspected_breakdown(
                 groups.append("unplugged early")
             alone = not any(k != j and b0 < a1 and a0 < b1 for k, (b0, b1) in enumerate(spans))
             groups.append("alone in the flat" if alone else "overlaps another session of the flat")
+            # A session missed under an alert of its flat lost it to another of its sessions:
+            # one alert where there were several batteries.
+            under = any(r0 < a1 and a0 < r1 for r0, r1 in raised.get(subject, []))
+            groups.append("under an alert of the flat" if under else "no alert of the flat over it")
             for group in groups:
                 counts[group][1] += 1
                 counts[group][0] += j in found

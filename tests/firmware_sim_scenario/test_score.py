@@ -190,7 +190,12 @@ def test_suspected_breakdown_says_which_sessions_were_found() -> None:
             "raised_at": at(1, 19, 50),
             "cleared_at": at(1, 23),
         },
-        {"kind": "ebike_charging_suspected", "unit_id": "1-101", "raised_at": at(2, 20, 40)},
+        {
+            "kind": "ebike_charging_suspected",
+            "unit_id": "1-101",
+            "raised_at": at(2, 20, 40),
+            "cleared_at": at(2, 21),
+        },
         {"kind": "overload", "unit_id": "1-101", "raised_at": at(3, 21)},  # not this kind
     ]
     rows = suspected_breakdown(alerts, truth)
@@ -202,6 +207,9 @@ def test_suspected_breakdown_says_which_sessions_were_found() -> None:
         "unplugged early": (1, 1),
         "overlaps another session of the flat": (1, 2),
         "alone in the flat": (1, 2),
+        # the PFC charger next to the first is missed under the first one's alert
+        "under an alert of the flat": (2, 3),
+        "no alert of the flat over it": (0, 1),
     }
     table = breakdown_table(rows)
     assert "| charger with PFC | 0 | 1 | 0.00 |" in table
