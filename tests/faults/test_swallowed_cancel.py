@@ -1,4 +1,4 @@
-"""A task that goes on after one cancel is stopped all the same (agent and fleet alike).
+"""A task that goes on after one cancel is stopped all the same (agent, fleet and simulators).
 
 On Python 3.11, ``asyncio.wait_for`` returns the awaited result instead of raising when the
 result and the cancel arrive in the same loop iteration (CPython gh-86296); aiomqtt awaits every
@@ -15,12 +15,14 @@ import pytest
 
 from drivers.base import cancel_and_wait
 from drivers.base import stop_tasks as agent_stop_tasks
+from firmware_sim._aio import cancel_and_wait as sim_cancel_and_wait
 from fleet.tasks import stop_tasks as fleet_stop_tasks
 
 Stopper = Callable[..., Awaitable[None]]
 STOPPERS = [
     pytest.param(agent_stop_tasks, id="drivers.base.stop_tasks"),
     pytest.param(fleet_stop_tasks, id="fleet.tasks.stop_tasks"),
+    pytest.param(sim_cancel_and_wait, id="firmware_sim._aio.cancel_and_wait"),
 ]
 
 
@@ -100,14 +102,15 @@ async def test_our_own_cancellation_is_not_swallowed(stop: Stopper) -> None:
         await victim
 
 
-async def test_cancel_and_wait_raises_the_tasks_own_error() -> None:
+@pytest.mark.parametrize("cancel", [cancel_and_wait, sim_cancel_and_wait])
+async def test_cancel_and_wait_raises_the_tasks_own_error(cancel: Stopper) -> None:
     async def broken() -> None:
         raise OSError("serial port gone")
 
     task = asyncio.create_task(broken())
     await asyncio.sleep(0)
     with pytest.raises(OSError, match="serial port gone"):
-        await cancel_and_wait(task)
+        await cancel(task)
     # ... and stop_tasks leaves it in the task (a stopping service logs, it does not fail)
     task2 = asyncio.create_task(broken())
     await asyncio.sleep(0)
