@@ -19,7 +19,9 @@ Signals (per meter, O(1) per reading)
     PF 0.6 adds about 107 VA). Every meter is also watched on its real power. Readings are
     reduced to ``bin_s`` (5 min) bins: the minimum of each signal, whether the bin is *clean*
     (no reading rose above the one before by more than ``quiet_w`` / ``quiet_va``: steady, or
-    a ramp down) and *quiet* (all readings within that band plus ``quiet_fraction``), and the
+    a ramp down) and *quiet* (its readings within that band plus ``quiet_fraction``, judged on
+    at most one reading a minute: the spread of n readings of a rippling current grows with n,
+    and a meter polled every 10 s must not look busier than one polled every minute), and the
     largest fall of real power into a new low (counted from below the previous bin's minimum,
     so a fridge switching off on top of a taper does not count). The *lower envelope* is the
     lowest bin minimum of the trailing ``envelope_s`` (30 min), steady or not (the minimum of a
@@ -212,6 +214,10 @@ _CLAIM_SHARE = 0.7  # a step claims edges up to this share of it (see _claim)
 _EDGE_HOLD_S = 4200.0  # an edge no switch-off matched for this long may be a charger
 _EDGE_MAX_PF = 0.73  # ... if its power factor is a charger's without PFC (fridges: 0.75+)
 _EDGE_SUPPORT = 0.6  # ... and its load never fell below this share of it (see _edge_charger)
+# A bin's quietness is judged on its readings at most one per this many seconds: the spread of
+# n readings of a rippling current grows with n, so a 10 s meter would otherwise show fewer quiet
+# bins than a 60 s one for the same charger.
+_QUIET_SAMPLE_S = 50.0
 _NON_ACTIVE = 1  # the meter reports voltage and current: work on S - P
 _POWER = 2  # it does not: work on P
 
@@ -308,11 +314,13 @@ class _Meter:
     __slots__ = (
         "bin_end",
         "bin_last",
-        "bin_max",
         "bin_min",
         "bin_pjump",
         "bin_plast",
         "bin_pmin",
+        "bin_qmax",
+        "bin_qmin",
+        "bin_qt",
         "bin_rose",
         "creep",
         "edges",
@@ -361,9 +369,12 @@ class _Meter:
         self.bin_pmin = _INF  # minimum real power in the bin
         self.bin_plast = 0.0  # latest real power in the bin
         self.bin_pjump = 0.0  # largest fall of real power into a new low (see process)
-        self.bin_max = -_INF
         self.bin_last = 0.0  # the bin's latest value
         self.bin_rose = False  # a value in the bin rose above the one before
+        # the spread of the bin's readings taken at most one per _QUIET_SAMPLE_S (see _close_bin)
+        self.bin_qmin = _INF
+        self.bin_qmax = -_INF
+        self.bin_qt = -_INF
         self.last_bin = -_INF  # end of the latest closed bin
         self.last = 0.0
         # (bin end, minimum of the signal, real power there, clean): the envelope window
@@ -498,10 +509,14 @@ class EbikeChargingSuspectedRule:
                     st.bin_pjump = fall
                 st.bin_pmin = power
             st.bin_plast = power
-            if value < st.bin_min:
+            if value < st.bin_min:  # noqa: PLR1730 (hot path: cheaper than min())
                 st.bin_min = value
-            elif value > st.bin_max:
-                st.bin_max = value
+            if now - st.bin_qt >= _QUIET_SAMPLE_S:
+                st.bin_qt = now
+                if value < st.bin_qmin:  # noqa: PLR1730
+                    st.bin_qmin = value
+                if value > st.bin_qmax:  # noqa: PLR1730
+                    st.bin_qmax = value
             if value > st.bin_last + st.quiet_abs:
                 st.bin_rose = True
             st.bin_last = value
@@ -512,7 +527,9 @@ class EbikeChargingSuspectedRule:
             self._close_bin(st, st.bin_end, out)
         st.last = now  # the latest bin with a reading began then (enough for the silence)
         st.bin_end = (now // self._bin + 1.0) * self._bin
-        st.bin_min = st.bin_max = st.bin_last = value
+        st.bin_min = st.bin_last = value
+        st.bin_qmin = st.bin_qmax = value
+        st.bin_qt = now
         last = st.bin_plast
         st.bin_pjump = max(0.0, (last if last < st.env_p else st.env_p) - power)
         st.bin_pmin = st.bin_plast = power
@@ -583,7 +600,8 @@ class EbikeChargingSuspectedRule:
 
     def _close_bin(self, st: _Meter, end: float, out: list[AlertChange]) -> None:
         low = st.bin_min
-        quiet = st.bin_max - low <= st.quiet_abs + self._quiet_fraction * (low if low > 0 else 0)
+        q = st.bin_qmin
+        quiet = st.bin_qmax - q <= st.quiet_abs + self._quiet_fraction * (q if q > 0 else 0)
         clean = quiet or not st.bin_rose  # steady, or a ramp down (a taper, a switch-off)
         ring = st.ring
         low_p = st.bin_pmin

@@ -95,8 +95,10 @@ def readings(
     current: bool = True,
     gaps: tuple[tuple[float, float], ...] = (),
     seed: int = 1,
+    ripple: float = 0.0,
 ) -> list[RuleInput]:
-    """One reading every ``every`` s from midnight, with 1 % noise, except in ``gaps``."""
+    """One reading every ``every`` s from midnight, with 1 % noise (and ``ripple`` more on the
+    current: a charger's), except in ``gaps``."""
     rng = random.Random(seed)
     out: list[RuleInput] = []
     t = 0.0
@@ -112,6 +114,8 @@ def readings(
             ts = MIDNIGHT + timedelta(seconds=t + rng.uniform(0.0, 2.0))
             if current:
                 amps = apparent * noise / volts
+                if ripple:
+                    amps *= 1.0 + rng.uniform(-ripple, ripple)
                 out.append(
                     MeterReading(
                         ts=ts,
@@ -623,3 +627,19 @@ def test_a_session_never_stays_open_longer_than_a_charger_runs() -> None:
     cleared = changes[-1].episode
     assert cleared.evidence["ended_by"] == "timeout"
     assert cleared.cleared_at is not None and at(28.5) <= cleared.cleared_at <= at(29.6)
+
+
+def test_a_charger_read_every_10_s_is_recognised_like_one_read_every_minute() -> None:
+    # A charger's current ripples by a few per cent. The spread of a 5-minute bin's readings
+    # grows with their number: judged on every reading, a meter polled every 10 s would show
+    # no quiet bin for the same ripple that a meter polled every minute shows as quiet.
+    for every in (60.0, 10.0):
+        loads = [standby, charger(hours(19), cc=hours(3), taper=hours(1.5))]
+        changes = run(readings(loads, every=every, ripple=RIPPLE, until=hours(26)))
+        raised = [c.episode for c in changes if c.change is Change.RAISED]
+        assert len(raised) == 1, every
+        assert raised[0].evidence["recognised_by"] == "non_active_plateau", every
+        assert at(19.5) <= raised[0].raised_at <= at(20.3), every
+
+
+RIPPLE = 0.03
