@@ -20,7 +20,7 @@ Signals (per meter, O(1) per reading)
     reduced to ``bin_s`` (5 min) bins: the minimum of each signal, whether the bin is *clean*
     (no reading rose above the one before by more than ``quiet_w`` / ``quiet_va``: steady, or
     a ramp down) and *quiet* (its readings within that band plus ``quiet_fraction``, judged on
-    at most one reading a minute: the spread of n readings of a rippling current grows with n,
+    at most one reading per 50 s: the spread of n readings of a rippling current grows with n,
     and a meter polled every 10 s must not look busier than one polled every minute), and the
     largest fall of real power into a new low (counted from below the previous bin's minimum,
     so a fridge switching off on top of a taper does not count). The *lower envelope* is the

@@ -635,11 +635,8 @@ def test_a_charger_read_every_10_s_is_recognised_like_one_read_every_minute() ->
     # no quiet bin for the same ripple that a meter polled every minute shows as quiet.
     for every in (60.0, 10.0):
         loads = [standby, charger(hours(19), cc=hours(3), taper=hours(1.5))]
-        changes = run(readings(loads, every=every, ripple=RIPPLE, until=hours(26)))
+        changes = run(readings(loads, every=every, ripple=0.03, until=hours(26)))
         raised = [c.episode for c in changes if c.change is Change.RAISED]
         assert len(raised) == 1, every
         assert raised[0].evidence["recognised_by"] == "non_active_plateau", every
         assert at(19.5) <= raised[0].raised_at <= at(20.3), every
-
-
-RIPPLE = 0.03
