@@ -16,7 +16,8 @@ import contextlib
 import importlib.metadata
 import logging
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterator
+from typing import Any
 
 import httpx
 import uvicorn
@@ -37,7 +38,7 @@ from fleet.ingest import Ingest, IngestStats
 from fleet.reminders import Reminders
 from fleet.runtime import Runtime
 from fleet.settings import Settings
-from fleet.tasks import stop_tasks
+from fleet.tasks import run_all, stop_tasks
 from fleet.web import make_router
 
 log = logging.getLogger(__name__)
@@ -84,14 +85,15 @@ async def _run_workers(
     monitor: HealthMonitor | None = None,
     reminders: Reminders | None = None,
 ) -> None:
-    async with asyncio.TaskGroup() as tg:
-        if reminders is not None:
-            tg.create_task(_supervise("reminders", reminders.run), name="fleet-reminders")
-        if ingest is not None:
-            tg.create_task(_supervise("ingest", ingest.run), name="fleet-ingest")
-        if monitor is not None:
-            tg.create_task(_supervise("health", monitor.run), name="fleet-health")
-        tg.create_task(_supervise("forwarder", forwarder.run), name="fleet-forwarder")
+    workers: dict[str, Coroutine[Any, Any, None]] = {}
+    if reminders is not None:
+        workers["fleet-reminders"] = _supervise("reminders", reminders.run)
+    if ingest is not None:
+        workers["fleet-ingest"] = _supervise("ingest", ingest.run)
+    if monitor is not None:
+        workers["fleet-health"] = _supervise("health", monitor.run)
+    workers["fleet-forwarder"] = _supervise("forwarder", forwarder.run)
+    await run_all(workers)
 
 
 @contextlib.asynccontextmanager

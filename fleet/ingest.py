@@ -55,7 +55,7 @@ from fleet.dbthreads import DbThreads
 from fleet.models import IngestWorker
 from fleet.settings import Settings
 from fleet.store import BatchOutcome, Received, apply_batch, insert_ignoring_duplicates
-from fleet.tasks import stop_tasks
+from fleet.tasks import run_all, stop_tasks
 
 log = logging.getLogger(__name__)
 
@@ -317,14 +317,15 @@ class Ingest:
         topic_filter = up_filter(group)
         queue: asyncio.Queue[_Pending] = asyncio.Queue()
         try:
-            async with asyncio.TaskGroup() as tg:
-                for index in range(count):
-                    tg.create_task(
-                        self._consume(_Connection(index), count, protocol, topic_filter, queue),
-                        name=f"ingest-mqtt-{index}",
-                    )
-                tg.create_task(self._batches(queue), name="ingest-batcher")
-                tg.create_task(self._report_stats(), name="ingest-stats")
+            tasks = {
+                f"ingest-mqtt-{index}": self._consume(
+                    _Connection(index), count, protocol, topic_filter, queue
+                )
+                for index in range(count)
+            }
+            tasks["ingest-batcher"] = self._batches(queue)
+            tasks["ingest-stats"] = self._report_stats()
+            await run_all(tasks)
         finally:
             self._up.clear()
             self._set_connected(count)
@@ -625,9 +626,7 @@ async def run_worker(settings: Settings) -> None:
                 "no fixed MQTT client id (--client-id / FLEET_MQTT_CLIENT_ID): the session is "
                 "clean, so messages received but not yet stored are lost if this worker dies"
             )
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(ingest.run(), name="fleet-ingest")
-            tg.create_task(monitor.run(), name="fleet-health")
+        await run_all({"fleet-ingest": ingest.run(), "fleet-health": monitor.run()})
     finally:
         await db.close()
         engine.dispose()

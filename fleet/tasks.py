@@ -10,6 +10,7 @@ has the agent's twin of this helper; ``fleet`` does not import ``drivers``.)
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 RECANCEL_S = 0.5
@@ -24,3 +25,19 @@ async def stop_tasks(*tasks: asyncio.Task[Any]) -> None:
         for task in pending:
             task.cancel()
         _done, pending = await asyncio.wait(pending, timeout=RECANCEL_S)
+
+
+async def run_all(coros: Mapping[str, Coroutine[Any, Any, None]]) -> None:
+    """Run ``coros`` as the tasks of one :class:`asyncio.TaskGroup`, named by the keys, until
+    every one has ended; a task's error ends the others and is raised as the group raises it.
+
+    A task group on its own cancels its tasks once when it aborts (a task failed, or we are
+    cancelled) and then waits for them, deaf to further cancels: a task that took that cancel
+    for a result (see :func:`stop_tasks`) and went on would hang it. Here the group's tasks are
+    stopped with :func:`stop_tasks` before the group exits."""
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(coro, name=name) for name, coro in coros.items()]
+        try:
+            await asyncio.wait(tasks)
+        finally:
+            await stop_tasks(*tasks)

@@ -16,6 +16,7 @@ import pytest
 from drivers.base import cancel_and_wait
 from drivers.base import stop_tasks as agent_stop_tasks
 from firmware_sim._aio import cancel_and_wait as sim_cancel_and_wait
+from fleet.tasks import run_all
 from fleet.tasks import stop_tasks as fleet_stop_tasks
 
 Stopper = Callable[..., Awaitable[None]]
@@ -117,3 +118,39 @@ async def test_cancel_and_wait_raises_the_tasks_own_error(cancel: Stopper) -> No
     await agent_stop_tasks(task2)
     await fleet_stop_tasks(task2)
     assert isinstance(task2.exception(), OSError)
+
+
+async def test_a_task_group_of_run_all_stops_a_task_that_swallows_cancels() -> None:
+    """An asyncio.TaskGroup cancels its tasks once and then waits: the fleet's workers (ingest
+    over aiomqtt among them) hung a lifespan's shutdown that way. run_all stops them for sure."""
+    cancels: list[int] = []
+    budget = [2]
+    group = asyncio.create_task(run_all({"stubborn": stubborn(cancels, budget)()}))
+    await asyncio.sleep(0.05)
+    group.cancel()
+    try:
+        async with asyncio.timeout(30):  # a hang guard, not a speed limit
+            await asyncio.wait([group])
+        assert group.cancelled() and len(cancels) == 3
+    finally:
+        budget[0] = 0
+        group.cancel()
+        await asyncio.wait([group])
+
+
+async def test_run_all_raises_a_tasks_error_once_the_others_have_stopped() -> None:
+    cancels: list[int] = []
+    budget = [2]
+
+    async def broken() -> None:
+        await asyncio.sleep(0.05)
+        raise OSError("database gone")
+
+    try:
+        async with asyncio.timeout(30):
+            with pytest.raises(ExceptionGroup) as raised:
+                await run_all({"stubborn": stubborn(cancels, budget)(), "broken": broken()})
+        assert raised.group_contains(OSError, match="database gone")
+        assert len(cancels) == 3
+    finally:
+        budget[0] = 0
