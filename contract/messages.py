@@ -118,6 +118,18 @@ class Heartbeat(Envelope):
     outbox_counters: dict[str, int] = Field(
         default_factory=dict, description="outbox counters: drops, disk-full errors, ..."
     )
+    devices_total: int | None = Field(
+        default=None,
+        ge=0,
+        description="all the gateway's devices, also those a partial ``devices`` leaves out",
+    )
+    devices_online: int | None = Field(default=None, ge=0)
+    devices_faulty: int | None = Field(default=None, ge=0)
+    devices_partial: bool = Field(
+        default=False,
+        description="``devices`` holds only some devices: every offline or faulty one, and the "
+        "others in turn (a gateway with too many devices for one message)",
+    )
 
 
 class MeterSample(BaseModel):

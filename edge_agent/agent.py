@@ -31,6 +31,7 @@ from contract.events import (
     Tick,
 )
 from contract.messages import (
+    MAX_PAYLOAD_BYTES,
     AlertMessage,
     AlertSubject,
     Birth,
@@ -57,7 +58,13 @@ from edge_agent.desired import (
     read_toml,
 )
 from edge_agent.drivers import DriverSpec, describe_devices, driver_specs
-from edge_agent.health import SystemProbe, device_statuses, release_free_heap, task_health
+from edge_agent.health import (
+    SystemProbe,
+    device_statuses,
+    fit_devices,
+    release_free_heap,
+    task_health,
+)
 from edge_agent.outbox import PRIORITY_ALERT, PRIORITY_EVENT, PRIORITY_TELEMETRY, Outbox
 from edge_agent.privacy import Pseudonymiser
 from edge_agent.session import MessageFactory, next_session, utc_now
@@ -132,6 +139,8 @@ class Agent:
         self._started_mono = time.monotonic()
         self.sd = sd_notify if sd_notify is not None else SdNotify()
         self._probe = probe or SystemProbe()
+        self._hb_cursor = 0  # the next healthy device of a partial heartbeat (see heartbeat)
+        self._hb_partial = False
         state_dir = config.state_dir
         self.store = DesiredStore(state_dir)
         stored = self.store.load()
@@ -493,15 +502,20 @@ class Agent:
             self._enqueue(topics.Up.TELEMETRY, msg, PRIORITY_TELEMETRY)
 
     def heartbeat(self) -> Heartbeat:
+        """The gateway's health. A gateway with more devices than one message can carry
+        (``MAX_PAYLOAD_BYTES``, about 1,000 BLE sensors) sends every offline or faulty device
+        and the healthy ones in turn (``devices_partial``; see :func:`fit_devices`), with the
+        counts of all of them: a heartbeat the fleet would refuse would lose them all."""
         probe = self._probe
         applied = self.controller.applied
-        return self.factory.make(
+        devices = device_statuses(self.drivers)
+        hb = self.factory.make(
             Heartbeat,
             uptime_s=time.monotonic() - self._started_mono,
             agent_version=agent_version(),
             outbox_depth=self.outbox.depth(),
             outbox_oldest_age_s=self.outbox.oldest_age_s(),
-            devices=device_statuses(self.drivers),
+            devices=devices,
             cpu_temp_c=probe.cpu_temp_c(),
             load_avg=probe.load_avg(),
             mem_rss_bytes=probe.rss_bytes(),
@@ -512,7 +526,28 @@ class Agent:
             config_hash=applied.hash if applied else None,
             outbox_fault=self.outbox.fault,
             outbox_counters=dict(self.outbox.counters),
+            devices_total=len(devices),
+            devices_online=sum(1 for d in devices.values() if d.online),
+            devices_faulty=sum(1 for d in devices.values() if d.fault is not None),
         )
+        if len(encode(hb)) <= MAX_PAYLOAD_BYTES:
+            if self._hb_partial:
+                log.info("heartbeat: all %d devices fit in one message again", len(devices))
+                self._hb_partial = False
+            return hb
+        bare = len(encode(hb.model_copy(update={"devices": {}, "devices_partial": True})))
+        part, self._hb_cursor = fit_devices(devices, MAX_PAYLOAD_BYTES - bare, self._hb_cursor)
+        if not self._hb_partial:
+            log.warning(
+                "heartbeat: %d devices do not fit in one message (%d bytes at most): each "
+                "heartbeat carries every offline or faulty device and the others in turn "
+                "(%d this time)",
+                len(devices),
+                MAX_PAYLOAD_BYTES,
+                len(part),
+            )
+            self._hb_partial = True
+        return hb.model_copy(update={"devices": part, "devices_partial": True})
 
     # -- loops ---------------------------------------------------------------------------------
 

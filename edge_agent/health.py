@@ -154,6 +154,43 @@ def device_statuses(drivers: Iterable[Driver]) -> dict[str, DeviceStatus]:
     return out
 
 
+def fit_devices(
+    devices: Mapping[str, DeviceStatus], budget: int, cursor: int
+) -> tuple[dict[str, DeviceStatus], int]:
+    """The devices a heartbeat can carry in ``budget`` bytes of JSON, and the next ``cursor``.
+
+    Every offline or faulty device comes first (what a property company must act on); the
+    healthy ones follow in turn from ``cursor`` (a position in their sorted ids), so a gateway
+    with more devices than one message holds still reports each of them every few heartbeats.
+    Sizes are those of the devices' own JSON (``"id": {...},``), so the result fits when
+    ``budget`` is the message's limit less the size of the heartbeat without devices."""
+    out: dict[str, DeviceStatus] = {}
+    used = 0
+
+    def add(device_id: str, status: DeviceStatus) -> bool:
+        nonlocal used
+        size = len(device_id.encode()) + len(status.model_dump_json()) + 6  # quotes, colon, comma
+        if used + size > budget:
+            return False
+        out[device_id] = status
+        used += size
+        return True
+
+    healthy: list[str] = []
+    for device_id in sorted(devices):
+        status = devices[device_id]
+        if status.online and status.fault is None:
+            healthy.append(device_id)
+        elif not add(device_id, status):
+            return out, cursor  # problems alone fill the message: the healthy wait
+    n = len(healthy)
+    start = cursor % n if n else 0
+    taken = 0
+    while taken < n and add(healthy[(start + taken) % n], devices[healthy[(start + taken) % n]]):
+        taken += 1
+    return out, (start + taken) % n if n else 0
+
+
 def task_health(stats: Mapping[str, TaskStats]) -> dict[str, TaskHealth]:
     return {
         name: TaskHealth(

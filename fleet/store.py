@@ -43,6 +43,7 @@ from contract.messages import (
     ChargingEvent,
     ConfigState,
     Death,
+    DeviceStatus,
     Envelope,
     Heartbeat,
     MeterTelemetry,
@@ -242,7 +243,7 @@ def apply_batch(
     swipes: list[dict[str, Any]] = []
     charging: list[dict[str, Any]] = []
     births: list[Received] = []
-    heartbeats: dict[str, Received] = {}
+    heartbeats: dict[str, list[Received]] = {}
     history: list[dict[str, Any]] = []
     for item in fresh:
         message, now = item.message, item.received_at
@@ -260,9 +261,7 @@ def apply_batch(
                 births.append(item)
             case Heartbeat():
                 history.append(_heartbeat_row(message))
-                newest = heartbeats.get(message.gw)
-                if newest is None or message.ts >= newest.message.ts:
-                    heartbeats[message.gw] = item
+                heartbeats.setdefault(message.gw, []).append(item)
             case Death():
                 pass  # liveness only
             case _:
@@ -281,7 +280,7 @@ def apply_batch(
     if births:
         _store_birth_devices(session, births)
     if heartbeats:
-        _store_device_health(session, gateways, heartbeats.values(), notes)
+        _store_device_health(session, gateways, heartbeats, notes)
     if notes:
         session.execute(
             insert_ignoring_duplicates(session, HealthNotification, ["key"]), list(notes.values())
@@ -501,6 +500,10 @@ def _reading_rows(message: MeterTelemetry) -> list[dict[str, Any]]:
     ]
 
 
+def _first(value: int | None, otherwise: int) -> int:
+    return otherwise if value is None else value
+
+
 def _heartbeat_row(message: Heartbeat) -> dict[str, Any]:
     """The heartbeat as a row of the gateway's history (every heartbeat, backlog ones too:
     their ``ts`` places them in the chart)."""
@@ -516,9 +519,10 @@ def _heartbeat_row(message: Heartbeat) -> dict[str, Any]:
         "mem_rss_bytes": message.mem_rss_bytes,
         "disk_free_bytes": message.disk_free_bytes,
         "cpu_temp_c": message.cpu_temp_c,
-        "devices_total": len(message.devices),
-        "devices_online": sum(1 for d in devices if d.online),
-        "devices_faulty": sum(1 for d in devices if d.fault),
+        # a partial heartbeat (too many devices for one message) counts them all for us
+        "devices_total": _first(message.devices_total, len(message.devices)),
+        "devices_online": _first(message.devices_online, sum(1 for d in devices if d.online)),
+        "devices_faulty": _first(message.devices_faulty, sum(1 for d in devices if d.fault)),
         "config_version": message.config_version,
     }
 
@@ -576,26 +580,29 @@ def _store_birth_devices(session: Session, births: Iterable[Received]) -> None:
 def _store_device_health(
     session: Session,
     gateways: Mapping[str, Gateway],
-    heartbeats: Iterable[Received],
+    heartbeats: Mapping[str, Sequence[Received]],
     notes: dict[str, dict[str, Any]],
 ) -> None:
-    """Each device's state from its gateway's newest heartbeat; a live gateway's report of a
+    """Each device's state from the newest heartbeat of the batch that lists it (a partial
+    heartbeat lists only some devices, see docs/protocol.md); a live gateway's report of a
     device going offline or faulty becomes one notification for the property company."""
-    items = sorted(heartbeats, key=lambda r: r.message.gw)
     existing = {
         (d.gateway_id, d.device_id): d
         for d in session.scalars(
-            sa.select(DeviceHealth).where(
-                DeviceHealth.gateway_id.in_([r.message.gw for r in items])
-            )
+            sa.select(DeviceHealth).where(DeviceHealth.gateway_id.in_(sorted(heartbeats)))
         )
     }
-    for item in items:
-        message = item.message
-        assert isinstance(message, Heartbeat)
-        gateway = gateways[message.gw]
-        live = gateway.online and not message.historical and gateway.session == message.session
-        for device_id, status in sorted(message.devices.items()):
+    for gw in sorted(heartbeats):
+        newest: dict[str, tuple[DeviceStatus, Received]] = {}
+        for item in sorted(heartbeats[gw], key=lambda r: r.message.ts):
+            assert isinstance(item.message, Heartbeat)
+            for device_id, status in item.message.devices.items():
+                newest[device_id] = (status, item)
+        gateway = gateways[gw]
+        for device_id, (status, item) in sorted(newest.items()):
+            message = item.message
+            assert isinstance(message, Heartbeat)
+            live = gateway.online and not message.historical and gateway.session == message.session
             row = existing.get((message.gw, device_id))
             if row is None:
                 row = DeviceHealth(gateway_id=message.gw, device_id=device_id, counters={})

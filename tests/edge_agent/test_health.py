@@ -10,8 +10,9 @@ from pathlib import Path
 import tomli_w
 
 from contract import topics
-from contract.messages import Heartbeat
-from edge_agent.health import SystemProbe
+from contract.messages import MAX_PAYLOAD_BYTES, Heartbeat, encode
+from edge_agent.health import SystemProbe, device_statuses
+from firmware_sim.ble_feed import BleFeedServer
 from firmware_sim.modbus_meters import ModbusMeterSim, constant_load
 from tests.conftest import BrokerEndpoint, free_port
 from tests.edge_agent.control_helpers import (
@@ -84,6 +85,47 @@ async def test_heartbeat_reports_system_devices_with_their_own_counters_and_task
     assert {"uplink", "rules", "telemetry", "health", "control", driver} <= set(hb.tasks)
     assert all(t.running and t.failures == 0 for t in hb.tasks.values())
     assert hb.outbox_depth >= 0 and hb.config_version is None
+
+
+async def test_a_gateway_with_too_many_devices_for_one_message_reports_them_all_in_turn(
+    tmp_path: Path, mqtt_broker: BrokerEndpoint
+) -> None:
+    # 1,500 charging sensors heard over the (simulated) air and 10 configured but never heard:
+    # one heartbeat with every device and its counters is about twice the 256 KiB that the
+    # fleet accepts, and the fleet would refuse it whole.
+    gw = gateway_id()
+    heard = [f"A4:C1:38:{i >> 16:02X}:{(i >> 8) & 0xFF:02X}:{i & 0xFF:02X}" for i in range(1500)]
+    silent = [f"A4:C1:39:00:00:{i:02X}" for i in range(10)]
+    sensors = [{"sensor_id": f"ble-{m.replace(':', '').lower()}", "mac": m} for m in heard + silent]
+    silent_ids = {s["sensor_id"] for s in sensors[1500:]}
+    async with BleFeedServer(interval_s=3.0, seed=9) as feed, listening(mqtt_broker, gw) as up:
+        for mac in heard:
+            feed.add_sensor(mac)
+        ble = {"source": f"feed://127.0.0.1:{feed.port}", "sensors": sensors}
+        agent = make_agent(base_config(gw, tmp_path / "state", mqtt_broker, ble=ble))
+        async with running(agent):
+            # every heard sensor online, then three more heartbeats
+            first: Heartbeat = await up.wait(
+                topics.Up.HEARTBEAT, lambda m: m.devices_online == 1500, timeout=60.0
+            )
+            everyone = device_statuses(agent.drivers)  # what a single heartbeat would carry
+            full = agent.heartbeat().model_copy(update={"devices": everyone})
+            async with asyncio.timeout(20.0):
+                while (
+                    len(beats := [m for m in up.of(topics.Up.HEARTBEAT) if m.seq >= first.seq]) < 4
+                ):
+                    await asyncio.sleep(0.05)
+    assert len(encode(full)) > MAX_PAYLOAD_BYTES  # what the agent would have sent before
+    seen: set[str] = set()
+    for hb in beats:
+        # the listener decoded each against the contract, size limit included
+        assert hb.devices_partial and hb.devices_total == 1510
+        assert hb.devices_online == 1500 and hb.devices_faulty == 0
+        assert silent_ids <= set(hb.devices)  # what needs a visit is in every heartbeat
+        assert all(not hb.devices[d].online for d in silent_ids)
+        assert 500 < len(hb.devices) < 1510
+        seen |= set(hb.devices)
+    assert seen == {s["sensor_id"] for s in sensors}  # everyone reported within a few beats
 
 
 async def _doctor(config: Path, timeout: str = "3") -> tuple[int, str]:

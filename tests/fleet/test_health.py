@@ -18,7 +18,8 @@ import pytest
 import sqlalchemy as sa
 
 from contract.messages import DeviceInfo, DeviceStatus, Heartbeat
-from fleet.db import make_engine, utcnow
+from fleet.db import make_engine, make_sessionmaker, utcnow
+from fleet.models import GatewayHeartbeat
 from tests.conftest import BrokerEndpoint
 from tests.fleet.health_helpers import login_as, place_gateway, seed_site
 from tests.fleet.helpers import (
@@ -262,3 +263,52 @@ async def test_a_fault_reported_by_a_live_gateway_is_shown_on_that_device_only(
         r = await client.get(f"/api/gateways/{gw}/devices", headers=headers)
         assert {d["device_id"]: d["state"] for d in r.json()} == {"m-1": "ok", "m-2": "fault"}
         assert len(await notifications(client, headers, gw)) == 1
+
+
+async def test_a_partial_heartbeat_updates_the_devices_it_lists_and_counts_them_all(
+    mqtt_broker: BrokerEndpoint, database_url: str
+) -> None:
+    # A gateway with too many devices for one message sends them in turn (docs/protocol.md).
+    gw = gateway_id()
+    async with fleet_client(make_settings(mqtt_broker, database_url)) as client:
+        headers = await login(client)
+        everyone = {f"m-{i}": DeviceStatus(online=True) for i in range(1, 5)}
+        first = {"m-1": DeviceStatus(online=True), "m-2": DeviceStatus(online=True)}
+        second = {
+            "m-3": DeviceStatus(online=True),
+            "m-4": DeviceStatus(online=False, fault="timeout"),
+        }
+        totals = {"devices_total": 40, "devices_online": 39, "devices_faulty": 1}
+        beats = [
+            live_heartbeat(gw, 3, everyone),
+            live_heartbeat(gw, 4, first).model_copy(update={**totals, "devices_partial": True}),
+            live_heartbeat(gw, 5, second).model_copy(update={**totals, "devices_partial": True}),
+        ]
+        await publish(mqtt_broker, wire(birth(gw)), *(wire(b) for b in beats))
+
+        async def states() -> dict[str, str] | None:
+            r = await client.get(f"/api/gateways/{gw}/devices", headers=headers)
+            if r.status_code == 404:
+                return None
+            got = {d["device_id"]: d["state"] for d in r.json()}
+            return got if got.get("m-4") == "offline" else None
+
+        # m-1 and m-2 keep what the last heartbeat that listed them said
+        assert await eventually(states, "the partial heartbeats") == {
+            "m-1": "ok",
+            "m-2": "ok",
+            "m-3": "ok",
+            "m-4": "offline",
+        }
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            rows = session.scalars(
+                sa.select(GatewayHeartbeat)
+                .where(GatewayHeartbeat.gateway_id == gw)
+                .order_by(GatewayHeartbeat.ts)
+            ).all()
+            counts = [(r.devices_total, r.devices_online, r.devices_faulty) for r in rows]
+    finally:
+        engine.dispose()
+    assert counts == [(4, 4, 0), (40, 39, 1), (40, 39, 1)]
