@@ -10,21 +10,34 @@ has the agent's twin of this helper; ``fleet`` does not import ``drivers``.)
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Coroutine, Mapping
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 RECANCEL_S = 0.5
 """How often :func:`stop_tasks` cancels again a task that went on after a cancel."""
 
 
-async def stop_tasks(*tasks: asyncio.Task[Any]) -> None:
-    """Cancel ``tasks`` and wait until every one has ended (their errors are not raised: a
-    stopping service logs, it does not fail); our own cancellation is not swallowed."""
+async def stop_tasks(*tasks: asyncio.Task[Any], report: bool = True) -> None:
+    """Cancel ``tasks`` and wait until every one has ended; our own cancellation is not
+    swallowed. A task's own error is not raised (a stopping service does not fail): it is
+    logged with the task's name (``report``), so it is neither lost nor left for the garbage
+    collector's "exception was never retrieved"."""
     pending = {t for t in tasks if not t.done()}
     while pending:
         for task in pending:
             task.cancel()
         _done, pending = await asyncio.wait(pending, timeout=RECANCEL_S)
+    if not report:
+        return
+    for task in tasks:
+        if task.cancelled():
+            continue
+        exc = task.exception()
+        if exc is not None:
+            log.error("task %s had failed: %s", task.get_name(), exc, exc_info=exc)
 
 
 async def run_all(coros: Mapping[str, Coroutine[Any, Any, None]]) -> None:
@@ -40,4 +53,4 @@ async def run_all(coros: Mapping[str, Coroutine[Any, Any, None]]) -> None:
         try:
             await asyncio.wait(tasks)
         finally:
-            await stop_tasks(*tasks)
+            await stop_tasks(*tasks, report=False)  # the group raises their errors

@@ -154,3 +154,38 @@ async def test_run_all_raises_a_tasks_error_once_the_others_have_stopped() -> No
         assert len(cancels) == 3
     finally:
         budget[0] = 0
+
+
+async def test_the_fleets_stop_tasks_logs_a_tasks_own_error_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # A worker that failed (or fails as it is cancelled) is stopped without raising: its error
+    # must reach the log under its name, and a group's errors, which the group raises, must not.
+    async def fails_on_cancel() -> None:
+        try:
+            await asyncio.sleep(3600)
+        except asyncio.CancelledError:
+            raise OSError("lost the database while closing") from None
+
+    async def failed_already() -> None:
+        raise ValueError("bad row")
+
+    early = asyncio.create_task(failed_already(), name="fleet-reminders")
+    late = asyncio.create_task(fails_on_cancel(), name="fleet-ingest")
+    quiet = asyncio.create_task(asyncio.sleep(3600), name="fleet-forwarder")
+    await asyncio.sleep(0.01)
+    with caplog.at_level("ERROR", logger="fleet.tasks"):
+        await fleet_stop_tasks(early, late, quiet)
+    logged = sorted(r.getMessage() for r in caplog.records if r.name == "fleet.tasks")
+    assert logged == [
+        "task fleet-ingest had failed: lost the database while closing",
+        "task fleet-reminders had failed: bad row",
+    ]
+    caplog.clear()
+
+    async def broken() -> None:
+        raise OSError("database gone")
+
+    with caplog.at_level("ERROR", logger="fleet.tasks"), pytest.raises(ExceptionGroup):
+        await run_all({"broken": broken()})
+    assert not [r for r in caplog.records if r.name == "fleet.tasks"]
