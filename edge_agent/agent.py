@@ -503,9 +503,10 @@ class Agent:
 
     def heartbeat(self) -> Heartbeat:
         """The gateway's health. A gateway with more devices than one message can carry
-        (``MAX_PAYLOAD_BYTES``, about 1,000 BLE sensors) sends every offline or faulty device
-        and the healthy ones in turn (``devices_partial``; see :func:`fit_devices`), with the
-        counts of all of them: a heartbeat the fleet would refuse would lose them all."""
+        (``MAX_PAYLOAD_BYTES``: about 900 BLE sensors with their counters) sends every offline
+        or faulty device and the healthy ones in turn (``devices_partial``; see
+        :func:`fit_devices`), with the counts of all of them: a heartbeat the fleet would
+        refuse would lose them all."""
         probe = self._probe
         applied = self.controller.applied
         devices = device_statuses(self.drivers)
@@ -528,7 +529,7 @@ class Agent:
             outbox_counters=dict(self.outbox.counters),
             devices_total=len(devices),
             devices_online=sum(1 for d in devices.values() if d.online),
-            devices_faulty=sum(1 for d in devices.values() if d.fault is not None),
+            devices_faulty=sum(1 for d in devices.values() if d.fault),
         )
         if len(encode(hb)) <= MAX_PAYLOAD_BYTES:
             if self._hb_partial:
