@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import aiomqtt
 import httpx
+import sqlalchemy as sa
 
 from contract.alerts import CATEGORY_OF, AlertKind, Change, Severity
 from contract.control import DesiredConfig
@@ -30,6 +31,8 @@ from contract.messages import (
 )
 from contract.topics import Down, Up, down, up
 from fleet.app import create_app
+from fleet.db import make_engine, make_sessionmaker
+from fleet.models import GatewayHeartbeat
 from fleet.settings import Settings
 from tests.conftest import BrokerEndpoint
 
@@ -44,6 +47,22 @@ T0 = datetime(2026, 3, 1, 20, 0, tzinfo=UTC)
 def gateway_id() -> str:
     """Unique per test: in CI the broker is one shared Mosquitto."""
     return f"gw-t-{uuid.uuid4().hex[:12]}"
+
+
+def heartbeat_rows(database_url: str, gw: str) -> list[GatewayHeartbeat]:
+    """The gateway's stored heartbeat history, oldest first."""
+    engine = make_engine(database_url)
+    try:
+        with make_sessionmaker(engine)() as session:
+            return list(
+                session.scalars(
+                    sa.select(GatewayHeartbeat)
+                    .where(GatewayHeartbeat.gateway_id == gw)
+                    .order_by(GatewayHeartbeat.ts)
+                )
+            )
+    finally:
+        engine.dispose()
 
 
 def make_settings(broker: BrokerEndpoint, database_url: str, **overrides: Any) -> Settings:

@@ -18,8 +18,7 @@ import pytest
 import sqlalchemy as sa
 
 from contract.messages import DeviceInfo, DeviceStatus, Heartbeat
-from fleet.db import make_engine, make_sessionmaker, utcnow
-from fleet.models import GatewayHeartbeat
+from fleet.db import make_engine, utcnow
 from tests.conftest import BrokerEndpoint
 from tests.fleet.health_helpers import login_as, place_gateway, seed_site
 from tests.fleet.helpers import (
@@ -30,6 +29,7 @@ from tests.fleet.helpers import (
     eventually,
     fleet_client,
     gateway_id,
+    heartbeat_rows,
     login,
     make_settings,
     publish,
@@ -300,15 +300,6 @@ async def test_a_partial_heartbeat_updates_the_devices_it_lists_and_counts_them_
             "m-3": "ok",
             "m-4": "offline",
         }
-    engine = make_engine(database_url)
-    try:
-        with make_sessionmaker(engine)() as session:
-            rows = session.scalars(
-                sa.select(GatewayHeartbeat)
-                .where(GatewayHeartbeat.gateway_id == gw)
-                .order_by(GatewayHeartbeat.ts)
-            ).all()
-            counts = [(r.devices_total, r.devices_online, r.devices_faulty) for r in rows]
-    finally:
-        engine.dispose()
+    rows = heartbeat_rows(database_url, gw)
+    counts = [(r.devices_total, r.devices_online, r.devices_faulty) for r in rows]
     assert counts == [(4, 4, 0), (40, 39, 1), (40, 39, 1)]

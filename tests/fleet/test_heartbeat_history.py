@@ -6,8 +6,6 @@ from __future__ import annotations
 
 from datetime import timedelta
 
-import sqlalchemy as sa
-
 from contract.messages import DeviceStatus, Heartbeat
 from fleet.db import make_engine, make_sessionmaker, utcnow
 from fleet.health import prune_heartbeats
@@ -19,25 +17,11 @@ from tests.fleet.helpers import (
     eventually,
     fleet_client,
     gateway_id,
+    heartbeat_rows,
     make_settings,
     publish,
     wire,
 )
-
-
-def _rows(database_url: str, gw: str) -> list[GatewayHeartbeat]:
-    engine = make_engine(database_url)
-    try:
-        with make_sessionmaker(engine)() as session:
-            return list(
-                session.scalars(
-                    sa.select(GatewayHeartbeat)
-                    .where(GatewayHeartbeat.gateway_id == gw)
-                    .order_by(GatewayHeartbeat.ts)
-                )
-            )
-    finally:
-        engine.dispose()
 
 
 async def test_ingest_keeps_each_heartbeat_once_and_prunes_old_ones(
@@ -75,7 +59,7 @@ async def test_ingest_keeps_each_heartbeat_once_and_prunes_old_ones(
         await publish(mqtt_broker, wire(birth(gw)), *(wire(b) for b in beats), wire(beats[-1]))
 
         async def stored() -> list[GatewayHeartbeat] | None:
-            rows = _rows(database_url, gw)
+            rows = heartbeat_rows(database_url, gw)
             return rows if len(rows) >= len(beats) else None
 
         rows = await eventually(stored, "the heartbeats to be stored")
@@ -103,5 +87,5 @@ async def test_ingest_keeps_each_heartbeat_once_and_prunes_old_ones(
         assert prune_heartbeats(sessions, utcnow(), settings.heartbeat_retention_days) == 0
     finally:
         engine.dispose()
-    assert [r.ts for r in _rows(database_url, gw)] == [b.ts for b in beats[1:]]
+    assert [r.ts for r in heartbeat_rows(database_url, gw)] == [b.ts for b in beats[1:]]
     assert settings.heartbeat_retention_days == 7.0
