@@ -184,11 +184,16 @@ def fit_devices(
         elif not add(device_id, status):
             return out, cursor  # problems alone fill the message: the healthy wait
     n = len(healthy)
-    start = cursor % n if n else 0
+    if not n:
+        return out, 0
+    start = cursor % n
     taken = 0
-    while taken < n and add(healthy[(start + taken) % n], devices[healthy[(start + taken) % n]]):
+    for k in range(n):
+        device_id = healthy[(start + k) % n]
+        if not add(device_id, devices[device_id]):
+            break
         taken += 1
-    return out, (start + taken) % n if n else 0
+    return out, (start + taken) % n
 
 
 def task_health(stats: Mapping[str, TaskStats]) -> dict[str, TaskHealth]:

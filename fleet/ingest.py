@@ -427,7 +427,12 @@ class Ingest:
                 batch = await self._collect(queue, loop, limit, window)
                 decoded = self._decode(batch)
                 if writing is not None:
-                    await writing
+                    previous, writing = writing, None
+                    try:
+                        await previous  # a failed write raises here, and only here
+                    finally:
+                        if not previous.done():
+                            writing = previous  # interrupted: stopped (and reported) below
                 writing = asyncio.create_task(self._write(batch, decoded), name="ingest-write")
         finally:
             if writing is not None:
